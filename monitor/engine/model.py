@@ -1,0 +1,162 @@
+"""Domain events: instruments, prices, fills and position snapshots.
+
+Plain frozen values built from contract dicts (already schema-checked by the codec).
+Event time is carried as integer microseconds since the epoch (UTC), so arithmetic
+on it is exact and replays compare equal to the bit.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+Micros = int
+_US = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+# Instrument fields that are not attributes to bucket by.
+_NON_ATTRIBUTES = frozenset(
+    {"instrument_id", "multiplier", "adv", "spread_bps", "daily_vol", "factors", "schema_version"}
+)
+
+
+class Rejected(ValueError):
+    """An input that must not enter the books; goes to the dead-letter topic.
+
+    `code` is one of the contract's reason codes (schemas/monitor-dlq).
+    """
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def parse_ts(text: str) -> Micros:
+    """RFC 3339 string to epoch microseconds (the schema guarantees a zone)."""
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        raise Rejected("schema_violation", f"timestamp {text!r} has no time zone")
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
+
+
+def format_ts(ts: Micros) -> str:
+    """Epoch microseconds to RFC 3339 UTC with microseconds and a Z."""
+    seconds, micros = divmod(ts, _US)
+    dt = datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=micros)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _finite(name: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise Rejected("impossible_value", f"{name} is not a finite number: {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    instrument_id: str
+    currency: str
+    asset_class: str
+    multiplier: float = 1.0
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    adv: float | None = None
+    spread_bps: float | None = None
+    daily_vol: float | None = None
+    factors: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_message(cls, m: Mapping[str, Any]) -> "Instrument":
+        attributes = {k: v for k, v in m.items() if k not in _NON_ATTRIBUTES and isinstance(v, str)}
+        return cls(
+            instrument_id=m["instrument_id"],
+            currency=m["currency"],
+            asset_class=m["asset_class"],
+            multiplier=_finite("multiplier", m.get("multiplier", 1.0)),
+            attributes=attributes,
+            adv=m.get("adv"),
+            spread_bps=m.get("spread_bps"),
+            daily_vol=m.get("daily_vol"),
+            factors={k: _finite(f"factors.{k}", v) for k, v in (m.get("factors") or {}).items()},
+        )
+
+    def attribute(self, dimension: str) -> str | None:
+        """The bucket this instrument falls in along a dimension (sector, currency, ...)."""
+        return self.attributes.get(dimension)
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    instrument_id: str
+    price: float
+    ts: Micros
+
+    @classmethod
+    def from_message(cls, m: Mapping[str, Any]) -> "Price":
+        price = _finite("price", m["price"])
+        if price <= 0:
+            raise Rejected("impossible_value", f"price must be > 0, got {price}")
+        return cls(m["instrument_id"], price, parse_ts(m["ts"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    fill_id: str
+    portfolio_id: str
+    instrument_id: str
+    side: str
+    quantity: float
+    price: float
+    ts: Micros
+    fees: float = 0.0
+
+    @classmethod
+    def from_message(cls, m: Mapping[str, Any]) -> "Fill":
+        quantity = _finite("quantity", m["quantity"])
+        price = _finite("price", m["price"])
+        fees = _finite("fees", m.get("fees", 0.0))
+        if quantity <= 0:
+            raise Rejected("impossible_value", f"quantity must be > 0, got {quantity}")
+        if price <= 0:
+            raise Rejected("impossible_value", f"price must be > 0, got {price}")
+        if fees < 0:
+            raise Rejected("impossible_value", f"fees must be >= 0, got {fees}")
+        return cls(m["fill_id"], m["portfolio_id"], m["instrument_id"], m["side"],
+                   quantity, price, parse_ts(m["ts"]), fees)
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.quantity if self.side == "BUY" else -self.quantity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"fill_id": self.fill_id, "portfolio_id": self.portfolio_id,
+                "instrument_id": self.instrument_id, "side": self.side,
+                "quantity": self.quantity, "price": self.price, "ts": self.ts, "fees": self.fees}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Fill":
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Positions and cash from the books of record, as of a point in event time."""
+
+    portfolio_id: str
+    as_of: Micros
+    cash: Mapping[str, float]
+    positions: Mapping[str, float]
+
+    @classmethod
+    def from_message(cls, m: Mapping[str, Any]) -> "Snapshot":
+        positions: dict[str, float] = {}
+        for p in m["positions"]:
+            iid = p["instrument_id"]
+            if iid in positions:
+                raise Rejected("impossible_value", f"instrument {iid} listed twice in the snapshot")
+            positions[iid] = _finite(f"positions.{iid}.quantity", p["quantity"])
+        cash = {ccy: _finite(f"cash.{ccy}", amount) for ccy, amount in m["cash"].items()}
+        return cls(m["portfolio_id"], parse_ts(m["as_of"]), cash, positions)

@@ -1,0 +1,149 @@
+"""A book's policy: base currency, limits with targets and bands, evaluation settings.
+
+The document format is the `policies` topic schema (schemas/policies.v1.schema.json);
+the same document is read from YAML files. `parse_policy` adds the checks a schema
+cannot express and turns the document into frozen values the engine evaluates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from monitor.engine.model import Micros
+
+# Metrics a limit can be set on, and what each needs to name what it measures.
+INSTRUMENT_METRICS = frozenset({"weight"})
+BUCKET_METRICS = frozenset({"net_weight", "gross_weight", "long_weight", "short_weight"})
+PORTFOLIO_METRICS = frozenset({"gross_leverage", "net_leverage", "drawdown"})
+FACTOR_METRICS = frozenset({"exposure"})
+RISK_METRICS = frozenset({"risk_contribution"})
+SEVERITIES = ("WARN", "BREACH", "CRITICAL")
+
+
+class PolicyError(ValueError):
+    """A policy that is refused: where it came from, which field, and why."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        super().__init__(f"{source}: {path or '/'}: {reason}")
+        self.source = source
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """Absolute half-widths below and above the target (asymmetric bands differ)."""
+
+    below: float
+    above: float
+
+    def bounds(self, target: float) -> tuple[float, float]:
+        return target - self.below, target + self.above
+
+    def usage(self, drift: float) -> float:
+        """|drift| as a fraction of the band on its side: 1.0 is the edge."""
+        return drift / self.above if drift >= 0 else -drift / self.below
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    limit_id: str
+    metric: str
+    target: float
+    band: Band
+    instrument: str | None = None
+    dimension: str | None = None
+    bucket: str | None = None
+    factor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    persistence: Micros = 0
+    hysteresis: float = 0.2
+    stale_price: Micros = 300_000_000
+    warn_fraction: float = 0.8
+    critical_multiple: float = 2.0
+
+    def severity(self, usage: float) -> str | None:
+        """Severity of a band usage; None when comfortably inside the band."""
+        if usage > self.critical_multiple:
+            return "CRITICAL"
+        if usage > 1.0:
+            return "BREACH"
+        if usage >= self.warn_fraction:
+            return "WARN"
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    portfolio_id: str
+    version: int
+    base_currency: str
+    evaluation: Evaluation
+    limits: tuple[Limit, ...]
+
+
+def default_limit_id(doc: Mapping[str, Any]) -> str:
+    """A readable, stable id from what the limit measures, e.g. `net_weight:sector:Energy`."""
+    metric = doc["metric"]
+    if metric in INSTRUMENT_METRICS:
+        return f"{metric}:{doc['instrument']}"
+    if "dimension" in doc:
+        return f"{metric}:{doc['dimension']}:{doc['bucket']}"
+    if metric in FACTOR_METRICS:
+        return f"{metric}:{doc['factor']}"
+    return metric
+
+
+def _band(doc: Mapping[str, Any], target: float, source: str, path: str) -> Band:
+    kind = doc.get("type", "absolute")
+    if "width" in doc:
+        below = above = float(doc["width"])
+    else:
+        below, above = float(doc["lower"]), float(doc["upper"])
+    if kind == "relative":
+        if target == 0:
+            raise PolicyError(source, path, "a relative band needs a non-zero target")
+        below, above = below * abs(target), above * abs(target)
+    if below <= 0 or above <= 0:
+        raise PolicyError(source, path, "band widths must be > 0")
+    return Band(below, above)
+
+
+def parse_policy(doc: Mapping[str, Any], source: str) -> Policy:
+    """Turn a schema-valid policy document into a Policy, or raise PolicyError."""
+    ev = doc.get("evaluation", {})
+    evaluation = Evaluation(
+        persistence=round(float(ev.get("persistence_seconds", 0)) * 1_000_000),
+        hysteresis=float(ev.get("hysteresis", 0.2)),
+        stale_price=round(float(ev.get("stale_price_seconds", 300)) * 1_000_000),
+        warn_fraction=float(ev.get("warn_fraction", 0.8)),
+        critical_multiple=float(ev.get("critical_multiple", 2.0)),
+    )
+    if not 0 <= evaluation.hysteresis < 1:
+        raise PolicyError(source, "/evaluation/hysteresis", "must be in [0, 1)")
+    if evaluation.critical_multiple <= 1:
+        raise PolicyError(source, "/evaluation/critical_multiple", "must be > 1")
+    limits: list[Limit] = []
+    seen: set[str] = set()
+    for i, ld in enumerate(doc["limits"]):
+        path = f"/limits/{i}"
+        limit_id = ld.get("id") or default_limit_id(ld)
+        if limit_id in seen:
+            raise PolicyError(source, f"{path}/id", f"duplicate limit id {limit_id!r}")
+        seen.add(limit_id)
+        target = float(ld["target"])
+        limits.append(Limit(
+            limit_id=limit_id,
+            metric=ld["metric"],
+            target=target,
+            band=_band(ld["band"], target, source, f"{path}/band"),
+            instrument=ld.get("instrument"),
+            dimension=ld.get("dimension"),
+            bucket=ld.get("bucket"),
+            factor=ld.get("factor"),
+        ))
+    return Policy(doc["portfolio_id"], int(doc["version"]), doc["base_currency"], evaluation, tuple(limits))

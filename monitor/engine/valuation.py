@@ -1,0 +1,111 @@
+"""Valuation of a book in its base currency, and the metrics a limit measures.
+
+MV = quantity x price x multiplier x FX-to-base; NAV = cash in base + sum of MV.
+A needed price or FX rate that is missing makes the valuation unavailable and says
+which one: a metric is never computed on a made-up zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from monitor.engine.book import Book
+from monitor.engine.model import Instrument, Micros
+from monitor.engine.policy import BUCKET_METRICS, Limit
+
+PriceBook = Mapping[str, tuple[float, Micros]]  # instrument_id -> (latest price, its event ts)
+USD = "USD"
+
+
+def fx_rate(ccy: str, base: str, prices: PriceBook) -> tuple[float, Micros] | None:
+    """Units of `base` per unit of `ccy`, from FX pairs quoted on the price feed.
+
+    `EURUSD` is USD per EUR. Tries the direct pair, the inverse, then a cross via USD.
+    """
+    if ccy == base:
+        return 1.0, 0
+    if (direct := prices.get(ccy + base)) is not None:
+        return direct
+    if (inverse := prices.get(base + ccy)) is not None:
+        return 1.0 / inverse[0], inverse[1]
+    if USD not in (ccy, base):
+        leg1, leg2 = fx_rate(ccy, USD, prices), fx_rate(USD, base, prices)
+        if leg1 is not None and leg2 is not None:
+            return leg1[0] * leg2[0], max(leg1[1], leg2[1])
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Valuation:
+    """A book valued at the latest prices; `unavailable` says why when it cannot be."""
+
+    nav: float | None
+    mv: Mapping[str, float] = field(default_factory=dict)
+    price_ts: Micros | None = None
+    unavailable: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.unavailable is None
+
+
+def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], prices: PriceBook) -> Valuation:
+    missing: list[str] = []
+    newest = 0
+    mv: dict[str, float] = {}
+    for iid, qty in book.positions.items():
+        inst, px = instruments.get(iid), prices.get(iid)
+        if inst is None or px is None:
+            missing.append(f"price of {iid}")
+            continue
+        fx = fx_rate(inst.currency, base, prices)
+        if fx is None:
+            missing.append(f"FX {inst.currency}{base}")
+            continue
+        mv[iid] = qty * px[0] * inst.multiplier * fx[0]
+        newest = max(newest, px[1], fx[1])
+    cash = 0.0
+    for ccy, amount in book.cash.items():
+        fx = fx_rate(ccy, base, prices)
+        if fx is None:
+            missing.append(f"FX {ccy}{base}")
+            continue
+        cash += amount * fx[0]
+        newest = max(newest, fx[1])
+    if missing:
+        return Valuation(None, mv, newest or None, "missing " + ", ".join(sorted(set(missing))))
+    return Valuation(cash + sum(mv.values()), mv, newest or None)
+
+
+def measure(limit: Limit, valuation: Valuation, instruments: Mapping[str, Instrument]) -> tuple[float | None, str | None]:
+    """The limit's metric on a valuation: (value, None) or (None, why it is unavailable)."""
+    if not valuation.ok:
+        return None, valuation.unavailable
+    nav = valuation.nav
+    assert nav is not None
+    if nav <= 0:
+        return None, f"NAV is {nav:.2f} (<= 0): weights are undefined"
+    mv = valuation.mv
+    metric = limit.metric
+    if metric == "weight":
+        return mv.get(limit.instrument or "", 0.0) / nav, None
+    if metric in BUCKET_METRICS:
+        values = [v for iid, v in mv.items() if instruments[iid].attribute(limit.dimension or "") == limit.bucket]
+        if metric == "net_weight":
+            total = sum(values)
+        elif metric == "gross_weight":
+            total = sum(abs(v) for v in values)
+        elif metric == "long_weight":
+            total = sum(v for v in values if v > 0)
+        else:  # short_weight: negative, so that long + short = net
+            total = sum(v for v in values if v < 0)
+        return total / nav, None
+    if metric == "gross_leverage":
+        return sum(abs(v) for v in mv.values()) / nav, None
+    if metric == "net_leverage":
+        return sum(mv.values()) / nav, None
+    if metric == "exposure":
+        factor = limit.factor or ""
+        return sum(v * instruments[iid].factors.get(factor, 0.0) for iid, v in mv.items()) / nav, None
+    return None, f"metric {metric} is not evaluated by this version"

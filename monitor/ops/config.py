@@ -1,0 +1,58 @@
+"""Runtime settings: one place that turns environment and flags into a frozen value.
+
+Every topic is named by its logical name (the left column of the contract in
+DESIGN.md); the physical name is the logical one behind an optional prefix, so that
+several monitors (or several tests) can share one cluster.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+# Logical topic names, in the order of the contract.
+INPUT_TOPICS = ("prices", "fills", "instruments", "positions", "policies", "risk-models")
+OUTPUT_TOPICS = ("drift-alerts", "rebalance-signals", "monitor-dlq")
+ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
+# Latest-value topics: only the newest record per key matters.
+COMPACTED_TOPICS = frozenset({"instruments", "policies", "risk-models"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = 4
+    replication_factor: int = 1
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+    log_format: str = "console"  # "console" for a terminal, "json" in production
+    log_level: str = "info"
+    app_id: str = "drift-monitor"
+    data_dir: str = field(default_factory=lambda: os.path.join(os.getcwd(), ".monitor-data"))
+
+    def topic(self, logical: str) -> str:
+        """Physical topic name of a logical one."""
+        return f"{self.topic_prefix}{logical}"
+
+    def logical(self, physical: str) -> str:
+        """Logical name of a physical topic (inverse of `topic`)."""
+        return physical[len(self.topic_prefix):] if physical.startswith(self.topic_prefix) else physical
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> "Settings":
+        """Settings from MONITOR_* / KAFKA_BOOTSTRAP_SERVERS, then explicit overrides (flags)."""
+        env = os.environ
+        base = cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS", cls.bootstrap_servers),
+            topic_prefix=env.get("MONITOR_TOPIC_PREFIX", ""),
+            partitions=int(env.get("MONITOR_PARTITIONS", cls.partitions)),
+            replication_factor=int(env.get("MONITOR_REPLICATION_FACTOR", cls.replication_factor)),
+            metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
+            metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
+            log_format=env.get("MONITOR_LOG_FORMAT", "console"),
+            log_level=env.get("MONITOR_LOG_LEVEL", "info"),
+            app_id=env.get("MONITOR_APP_ID", cls.app_id),
+            data_dir=env.get("MONITOR_DATA_DIR", os.path.join(os.getcwd(), ".monitor-data")),
+        )
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})

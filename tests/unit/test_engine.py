@@ -1,0 +1,245 @@
+"""The pure engine on hand-computed cases: valuation, metrics, books, the alert lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.engine import Book, Engine, Fill, Instrument, Price, Rejected, Snapshot, parse_policy, parse_ts
+from monitor.engine.valuation import fx_rate, measure, value_book
+
+T0 = parse_ts("2026-11-24T14:00:00Z")
+SEC = 1_000_000
+
+
+def inst(iid: str, ccy: str = "USD", asset_class: str = "equity", sector: str = "Tech", multiplier: float = 1.0):
+    return Instrument(iid, ccy, asset_class, multiplier, {"sector": sector, "currency": ccy,
+                                                           "asset_class": asset_class})
+
+
+def policy(limits: list[dict], version: int = 1, base: str = "USD", **evaluation: float):
+    return parse_policy({"portfolio_id": "B1", "version": version, "base_currency": base,
+                         "evaluation": evaluation, "limits": limits}, "test")
+
+
+def weight_limit(iid: str, target: float, width: float, **kw: object) -> dict:
+    return {"metric": "weight", "instrument": iid, "target": target,
+            "band": {"type": "absolute", "width": width}, **kw}
+
+
+def fill(fid: str, iid: str, side: str, qty: float, px: float, ts: int = T0 + SEC, fees: float = 0.0) -> Fill:
+    return Fill(fid, "B1", iid, side, qty, px, ts, fees)
+
+
+# -- valuation -----------------------------------------------------------------------
+
+
+def test_fx_direct_inverse_and_cross():
+    prices = {"EURUSD": (1.10, 1), "USDJPY": (150.0, 2)}
+    assert fx_rate("EUR", "USD", prices) == (1.10, 1)
+    assert fx_rate("USD", "JPY", prices) == (150.0, 2)
+    assert fx_rate("JPY", "USD", prices)[0] == pytest.approx(1 / 150)
+    assert fx_rate("EUR", "JPY", prices)[0] == pytest.approx(1.10 * 150)
+    assert fx_rate("GBP", "USD", prices) is None
+
+
+def test_nav_with_fx_multiplier_short_and_cash():
+    instruments = {"SAP": inst("SAP", "EUR"), "ES": inst("ES", asset_class="future", multiplier=50),
+                   "XOM": inst("XOM", sector="Energy")}
+    prices = {"SAP": (200.0, 1), "ES": (5000.0, 2), "XOM": (100.0, 3), "EURUSD": (1.1, 4)}
+    book = Book("B1", positions={"SAP": 100, "ES": 2, "XOM": -300}, cash={"USD": 10_000, "EUR": 1_000})
+    v = value_book(book, "USD", instruments, prices)
+    # SAP 100*200*1.1 = 22,000; ES 2*5000*50 = 500,000; XOM -30,000; cash 10,000 + 1,100
+    assert v.mv == {"SAP": pytest.approx(22_000), "ES": pytest.approx(500_000), "XOM": pytest.approx(-30_000)}
+    assert v.nav == pytest.approx(503_100)
+    assert v.price_ts == 4
+
+
+def test_missing_fx_makes_valuation_unavailable_not_zero():
+    instruments = {"SAP": inst("SAP", "EUR")}
+    v = value_book(Book("B1", positions={"SAP": 1}, cash={}), "USD", instruments, {"SAP": (1.0, 1)})
+    assert v.nav is None and "FX EURUSD" in (v.unavailable or "")
+
+
+def test_bucket_and_leverage_metrics():
+    instruments = {"A": inst("A", sector="Tech"), "B": inst("B", sector="Tech"), "C": inst("C", sector="Energy")}
+    prices = {"A": (10.0, 1), "B": (10.0, 1), "C": (10.0, 1)}
+    book = Book("B1", positions={"A": 60, "B": -20, "C": 30}, cash={"USD": 30})  # NAV = 600-200+300+30 = 730
+    v = value_book(book, "USD", instruments, prices)
+    pol = policy([
+        {"metric": m, "dimension": "sector", "bucket": "Tech", "target": 0, "band": {"width": 1}}
+        for m in ("net_weight", "gross_weight", "long_weight", "short_weight")
+    ] + [{"metric": "gross_leverage", "target": 1, "band": {"width": 1}},
+         {"metric": "net_leverage", "target": 1, "band": {"width": 1}}])
+    got = [measure(lim, v, instruments)[0] for lim in pol.limits]
+    assert got == pytest.approx([400 / 730, 800 / 730, 600 / 730, -200 / 730, 1100 / 730, 700 / 730])
+
+
+def test_non_positive_nav_makes_weights_unavailable():
+    instruments = {"A": inst("A")}
+    v = value_book(Book("B1", positions={"A": 10}, cash={"USD": -1_000}), "USD", instruments, {"A": (10.0, 1)})
+    value, why = measure(policy([weight_limit("A", 0.5, 0.1)]).limits[0], v, instruments)
+    assert value is None and "NAV" in (why or "")
+
+
+# -- books ---------------------------------------------------------------------------
+
+
+def test_fill_moves_position_and_cash_once():
+    es = inst("ES", multiplier=50)
+    book = Book("B1")
+    assert book.apply_fill(fill("F1", "ES", "BUY", 2, 5000.0, fees=10.0), es)
+    assert not book.apply_fill(fill("F1", "ES", "BUY", 2, 5000.0, fees=10.0), es)  # re-delivered
+    assert book.positions == {"ES": 2}
+    assert book.cash == {"USD": -500_010.0}
+    book.apply_fill(fill("F2", "ES", "SELL", 2, 5100.0), es)
+    assert book.positions == {}
+    assert book.cash["USD"] == pytest.approx(9_990.0)
+
+
+def test_later_snapshot_replaces_books_and_keeps_fills_after_it():
+    a = inst("A")
+    book = Book("B1")
+    book.apply_snapshot(Snapshot("B1", T0, {"USD": 1000.0}, {"A": 10}), {"A": a}.__getitem__)
+    book.apply_fill(fill("F1", "A", "BUY", 5, 10.0, ts=T0 + 1 * SEC), a)
+    book.apply_fill(fill("F2", "A", "BUY", 1, 10.0, ts=T0 + 3 * SEC), a)
+    # New books of record as of T0+2s include F1 (but not F2): 15 shares, 950 cash.
+    book.apply_snapshot(Snapshot("B1", T0 + 2 * SEC, {"USD": 950.0}, {"A": 15}), {"A": a}.__getitem__)
+    assert book.positions == {"A": 16}
+    assert book.cash == {"USD": 940.0}
+    # A late fill that the snapshot already includes is not applied again.
+    assert not book.apply_fill(fill("F0", "A", "BUY", 7, 10.0, ts=T0 + 1 * SEC), a)
+    assert book.positions == {"A": 16}
+
+
+def test_book_round_trips_through_its_changelog_form():
+    a = inst("A")
+    book = Book("B1")
+    book.apply_snapshot(Snapshot("B1", T0, {"USD": 1000.0}, {"A": 10}), {"A": a}.__getitem__)
+    book.apply_fill(fill("F1", "A", "SELL", 5, 10.0), a)
+    assert Book.from_dict(book.to_dict()) == book
+
+
+# -- engine --------------------------------------------------------------------------
+
+
+def two_asset_engine(**evaluation: float) -> Engine:
+    """60/40 book in A and B at price 10, no cash; A's weight limit 0.60 +/- 0.05."""
+    e = Engine()
+    e.on_instrument(inst("A"))
+    e.on_instrument(inst("B"))
+    e.on_policy(policy([weight_limit("A", 0.60, 0.05)], **evaluation))
+    e.on_snapshot(Snapshot("B1", T0, {"USD": 0.0}, {"A": 60, "B": 40}))
+    assert e.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)]) == []
+    return e
+
+
+def test_price_move_opens_then_resolves_with_hand_computed_numbers():
+    e = two_asset_engine()
+    # A to 12.5: MV A 750, B 400, NAV 1150, weight 0.652174 -> outside 0.55..0.65
+    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+    assert (opened.state, opened.severity) == ("OPEN", "BREACH")
+    assert opened.actual == pytest.approx(750 / 1150)
+    assert opened.drift == pytest.approx(750 / 1150 - 0.60)
+    msg = opened.to_message(T0 + 2 * SEC)
+    assert msg["band"] == {"lower": pytest.approx(0.55), "upper": pytest.approx(0.65)}
+    assert msg["event_ts"] == "2026-11-24T14:00:01.000000Z"
+    assert msg["inputs"]["price_ts"] == "2026-11-24T14:00:01.000000Z"
+    # Back to 10: weight 0.60, inside the band shrunk by hysteresis -> RESOLVED, same alert id.
+    [resolved] = e.on_prices([Price("A", 10.0, T0 + 2 * SEC)])
+    assert resolved.state == "RESOLVED" and resolved.alert_id == opened.alert_id
+
+
+def test_hysteresis_keeps_alert_open_near_the_edge():
+    e = two_asset_engine(hysteresis=0.5)
+    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+    # A at 11.0: weight 660/1060 = 0.6226: inside the band (usage 0.45)... resolve needs usage <= 0.5
+    [ev] = e.on_prices([Price("A", 11.0, T0 + 2 * SEC)])
+    assert ev.state == "RESOLVED"
+    e2 = two_asset_engine(hysteresis=0.5)
+    e2.on_prices([Price("A", 12.5, T0 + SEC)])
+    # A at 11.3: weight 678/1078 = 0.62894, usage 0.579 > 0.5: stays open, de-escalated to WARN
+    [ev2] = e2.on_prices([Price("A", 11.3, T0 + 2 * SEC)])
+    assert (ev2.state, ev2.severity) == ("DEESCALATED", "WARN")
+
+
+def test_persistence_in_event_time():
+    e = two_asset_engine(persistence_seconds=5)
+    assert e.on_prices([Price("A", 12.5, T0 + 1 * SEC)]) == []
+    assert e.on_prices([Price("A", 12.6, T0 + 4 * SEC)]) == []
+    [opened] = e.on_prices([Price("A", 12.5, T0 + 6 * SEC)])
+    assert opened.state == "OPEN" and opened.opened_ts == T0 + 6 * SEC
+
+
+def test_escalation_to_critical():
+    e = two_asset_engine()
+    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])  # usage 1.04
+    # A at 16: 960/1360 = 0.70588 -> usage 2.12 > 2 -> CRITICAL
+    [esc] = e.on_prices([Price("A", 16.0, T0 + 2 * SEC)])
+    assert (esc.state, esc.severity, esc.alert_id) == ("ESCALATED", "CRITICAL", opened.alert_id)
+
+
+def test_fill_for_unknown_book_is_rejected():
+    e = two_asset_engine()
+    with pytest.raises(Rejected) as info:
+        e.on_fill(Fill("F9", "NOPE", "A", "BUY", 1, 10.0, T0))
+    assert info.value.code == "unknown_book"
+
+
+def test_fill_for_unknown_instrument_is_held_then_applied():
+    e = two_asset_engine()
+    assert e.on_fill(fill("F1", "C", "BUY", 10, 10.0)) == []
+    assert e.books["B1"].positions.get("C") is None and len(e.held_fills["C"]) == 1
+    e.on_instrument(inst("C"))
+    assert e.books["B1"].positions["C"] == 10 and "C" not in e.held_fills
+
+
+def test_alert_ids_are_deterministic():
+    ids = []
+    for _ in range(2):
+        e = two_asset_engine()
+        ids.append([a.event_id for a in e.on_prices([Price("A", 12.5, T0 + SEC)])])
+    assert ids[0] == ids[1] and len(ids[0]) == 1
+
+
+# -- properties ----------------------------------------------------------------------
+
+fills_strategy = st.lists(
+    st.tuples(st.sampled_from(["A", "B"]), st.sampled_from(["BUY", "SELL"]),
+              st.integers(1, 100), st.floats(1, 100, allow_nan=False), st.integers(0, 20)),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fills_strategy, st.integers(0, 20), st.randoms(use_true_random=False))
+def test_incremental_book_equals_recomputation_whatever_the_redeliveries(raw_fills, snap_at, rnd):
+    """Fills applied in any order, some twice, around a snapshot: positions equal a fresh sum."""
+    instruments = {"A": inst("A"), "B": inst("B", multiplier=10)}
+    fills = [fill(f"F{i}", iid, side, qty, px, ts=T0 + t * SEC) for i, (iid, side, qty, px, t) in enumerate(raw_fills)]
+    deliveries = fills + [f for f in fills if rnd.random() < 0.3]
+    rnd.shuffle(deliveries)
+    snapshot_as_of = T0 + snap_at * SEC
+    book = Book("B1")
+    book.apply_snapshot(Snapshot("B1", T0 - SEC, {"USD": 0.0}, {}), instruments.__getitem__)
+    half = len(deliveries) // 2
+    for f in deliveries[:half]:
+        book.apply_fill(f, instruments[f.instrument_id])
+    # The books of record as of snapshot_as_of: everything up to then.
+    before = [f for f in fills if f.ts <= snapshot_as_of]
+    pos: dict[str, float] = {}
+    cash = 0.0
+    for f in before:
+        pos[f.instrument_id] = pos.get(f.instrument_id, 0) + f.signed_quantity
+        cash += (-1 if f.side == "BUY" else 1) * f.quantity * f.price * instruments[f.instrument_id].multiplier
+    book.apply_snapshot(Snapshot("B1", snapshot_as_of, {"USD": cash}, pos), instruments.__getitem__)
+    for f in deliveries[half:]:
+        book.apply_fill(f, instruments[f.instrument_id])
+    expected_pos: dict[str, float] = {}
+    expected_cash = 0.0
+    for f in fills:
+        expected_pos[f.instrument_id] = expected_pos.get(f.instrument_id, 0) + f.signed_quantity
+        expected_cash += (-1 if f.side == "BUY" else 1) * f.quantity * f.price * instruments[f.instrument_id].multiplier
+    assert {k: v for k, v in expected_pos.items() if v != 0} == pytest.approx(book.positions)
+    assert book.cash.get("USD", 0.0) == pytest.approx(expected_cash, rel=1e-9, abs=1e-6)
