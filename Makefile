@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_SECONDS ?=
+export DEMO_SECONDS
 
 .PHONY: demo test unit integration install kafka bench clean
 
@@ -21,7 +21,7 @@ kafka: $(STAMP)
 	$(BIN)/python -c 'from monitor.ops.broker import kafka_lib_dir; print(kafka_lib_dir())'
 
 demo: kafka
-	DEMO_SECONDS=$(DEMO_SECONDS) $(BIN)/monitor demo
+	$(BIN)/monitor demo
 
 test: kafka
 	$(BIN)/python -m pytest -q

@@ -2,9 +2,9 @@
 
 from monitor.engine.alerts import AlertEvent
 from monitor.engine.book import Book
-from monitor.engine.engine import BookStatus, Engine
-from monitor.engine.model import Fill, Instrument, Price, Rejected, Snapshot, format_ts, parse_ts
+from monitor.engine.engine import BookStatus, Engine, Watch
+from monitor.engine.model import Fill, Instrument, Price, Rejected, RiskModel, Snapshot, format_ts, parse_ts
 from monitor.engine.policy import Policy, PolicyError, parse_policy
 
 __all__ = ["AlertEvent", "Book", "BookStatus", "Engine", "Fill", "Instrument", "Policy", "PolicyError",
-           "Price", "Rejected", "Snapshot", "format_ts", "parse_policy", "parse_ts"]
+           "Price", "Rejected", "RiskModel", "Snapshot", "Watch", "format_ts", "parse_policy", "parse_ts"]

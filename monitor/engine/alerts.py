@@ -1,8 +1,10 @@
 """The alert lifecycle of one limit: persistence, severity tiers and hysteresis, in event time.
 
-A limit outside its band for `persistence` of event time opens an alert; it escalates
-and de-escalates between tiers while open, and resolves only once back inside the
-band shrunk by the hysteresis fraction, so a metric hovering at the edge does not flap.
+A limit outside its band for `persistence` of event time opens an alert (BREACH, or
+CRITICAL past `critical_multiple` bands); while open it escalates and de-escalates
+between those tiers, and resolves only once back inside the band shrunk by the
+hysteresis fraction. Every way down needs the hysteresis margin, so a metric hovering
+at an edge does not flap. WARN is the tier of a limit near its edge with no alert open.
 Ids are hashes of what the alert is about, so a replay or a re-delivery gives the same ids.
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from monitor.engine.model import Micros, format_ts
 from monitor.engine.policy import Evaluation, Limit, SEVERITIES
@@ -26,12 +28,36 @@ def _digest(*parts: object) -> str:
 
 @dataclass(slots=True)
 class LimitState:
-    """What the engine remembers about one limit of one book between evaluations."""
+    """What the engine remembers about one limit (or book condition) between evaluations."""
 
     breach_since: Micros | None = None  # event ts of the first evaluation outside the band
     alert_id: str | None = None  # set while an alert is open
     opened_ts: Micros | None = None
     severity: str | None = None  # severity of the open alert
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"breach_since": self.breach_since, "alert_id": self.alert_id, "opened_ts": self.opened_ts,
+                "severity": self.severity}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LimitState":
+        return cls(**d)
+
+
+def condition_step(state: LimitState, portfolio_id: str, kind: str, holds: bool, ts: Micros,
+                   make: "Callable[[str, str, Micros], AlertEvent]") -> AlertEvent | None:
+    """Lifecycle of a book condition (stale prices, NAV <= 0): open while it holds, resolve when not.
+
+    `make(state, alert_id, opened_ts)` builds the event with the condition's details.
+    """
+    if holds and state.alert_id is None:
+        state.alert_id, state.opened_ts = _digest(portfolio_id, kind, ts), ts
+        return make("OPEN", state.alert_id, ts)
+    if not holds and state.alert_id is not None:
+        event = make("RESOLVED", state.alert_id, state.opened_ts or ts)
+        state.alert_id = state.opened_ts = None
+        return event
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,21 +70,33 @@ class Inputs:
 
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
+    """One lifecycle event of an alert on a limit (kind LIMIT) or on the book itself
+    (DATA_STALE, NAV_NON_POSITIVE)."""
+
     alert_id: str
     state: str  # OPEN, ESCALATED, DEESCALATED, RESOLVED
-    kind: str  # LIMIT
+    kind: str
     portfolio_id: str
-    limit: Limit
-    actual: float
+    limit_id: str
+    metric: str
+    actual: float | None
+    target: float | None
+    band: tuple[float, float] | None  # absolute bounds of the metric
     severity: str
     policy_version: int
     event_ts: Micros
     opened_ts: Micros
     inputs: Inputs
+    dimension: str | None = None
+    bucket: str | None = None
+    reason: str | None = None
+    stale_instruments: tuple[str, ...] = ()
 
     @property
-    def drift(self) -> float:
-        return self.actual - self.limit.target
+    def drift(self) -> float | None:
+        if self.kind != "LIMIT" or self.actual is None or self.target is None:
+            return None
+        return self.actual - self.target
 
     @property
     def event_id(self) -> str:
@@ -66,8 +104,12 @@ class AlertEvent:
 
     def to_message(self, detected_ts: Micros) -> dict[str, Any]:
         """The drift-alerts contract form (schemas/drift-alerts.v1.schema.json)."""
-        lim = self.limit
-        lower, upper = lim.band.bounds(lim.target)
+        inputs: dict[str, Any] = {
+            "price_ts": format_ts(self.inputs.price_ts) if self.inputs.price_ts else None,
+            "last_fill_id": self.inputs.last_fill_id,
+        }
+        if self.stale_instruments:
+            inputs["stale_instruments"] = list(self.stale_instruments)
         return {
             "schema_version": 1,
             "event_id": self.event_id,
@@ -75,34 +117,32 @@ class AlertEvent:
             "kind": self.kind,
             "state": self.state,
             "portfolio_id": self.portfolio_id,
-            "limit_id": lim.limit_id,
-            "metric": lim.metric,
-            "dimension": lim.dimension,
-            "bucket": lim.bucket,
+            "limit_id": self.limit_id,
+            "metric": self.metric,
+            "dimension": self.dimension,
+            "bucket": self.bucket,
             "actual": self.actual,
-            "target": lim.target,
-            "band": {"lower": lower, "upper": upper},
+            "target": self.target,
+            "band": {"lower": self.band[0], "upper": self.band[1]} if self.band else None,
             "drift": self.drift,
             "severity": self.severity,
             "policy_version": self.policy_version,
             "event_ts": format_ts(self.event_ts),
             "detected_ts": format_ts(detected_ts),
             "opened_ts": format_ts(self.opened_ts),
-            "inputs": {
-                "price_ts": format_ts(self.inputs.price_ts) if self.inputs.price_ts else None,
-                "last_fill_id": self.inputs.last_fill_id,
-            },
-            "reason": None,
+            "inputs": inputs,
+            "reason": self.reason,
             "message": self.summary(),
         }
 
     def summary(self) -> str:
-        lim = self.limit
-        lower, upper = lim.band.bounds(lim.target)
-        f = _fmt(lim.metric)
-        return (f"{self.state} {self.severity} {self.portfolio_id} {lim.limit_id}: "
-                f"actual {f(self.actual)} vs target {f(lim.target)} "
-                f"(band {f(lower)}..{f(upper)}), drift {f(self.drift, signed=True)}")
+        head = f"{self.state} {self.severity} {self.portfolio_id} {self.limit_id}"
+        if self.kind != "LIMIT":
+            return f"{head}: {self.reason}"
+        f = _fmt(self.metric)
+        assert self.actual is not None and self.target is not None and self.band is not None
+        return (f"{head}: actual {f(self.actual)} vs target {f(self.target)} "
+                f"(band {f(self.band[0])}..{f(self.band[1])}), drift {f(self.actual - self.target, signed=True)}")
 
 
 def _fmt(metric: str):
@@ -133,8 +173,9 @@ def step(
 
     def event(state_name: str, sev: str) -> AlertEvent:
         assert state.alert_id is not None and state.opened_ts is not None
-        return AlertEvent(state.alert_id, state_name, "LIMIT", portfolio_id, limit, actual, sev,
-                          policy_version, ts, state.opened_ts, inputs)
+        return AlertEvent(state.alert_id, state_name, "LIMIT", portfolio_id, limit.limit_id, limit.metric, actual,
+                          limit.target, limit.band.bounds(limit.target), sev, policy_version, ts, state.opened_ts,
+                          inputs, limit.dimension, limit.bucket)
 
     if state.alert_id is None:
         if not outside:
@@ -150,13 +191,16 @@ def step(
         return event("OPEN", severity or "BREACH")
 
     if usage <= 1.0 - evaluation.hysteresis:
-        resolved = event("RESOLVED", severity or "WARN")
+        resolved = event("RESOLVED", state.severity or "BREACH")  # the severity it had when it ended
         state.breach_since = state.alert_id = state.opened_ts = state.severity = None
         return resolved
-    # Still open: inside the band but not past hysteresis counts as WARN.
-    new_severity = severity if outside else "WARN"
+    # Open alerts move between BREACH and CRITICAL; the way down needs the hysteresis margin
+    # too, so a metric hovering at a tier's edge does not flap.
     old_severity = state.severity or "BREACH"
-    if new_severity == old_severity:
-        return None
-    state.severity = new_severity
-    return event("ESCALATED" if _RANK[new_severity] > _RANK[old_severity] else "DEESCALATED", new_severity)
+    if old_severity == "BREACH" and usage > evaluation.critical_multiple:
+        state.severity = "CRITICAL"
+        return event("ESCALATED", "CRITICAL")
+    if old_severity == "CRITICAL" and usage <= evaluation.critical_multiple - evaluation.hysteresis:
+        state.severity = "BREACH"
+        return event("DEESCALATED", "BREACH")
+    return None

@@ -2,7 +2,9 @@
 
 The book keeps the fills applied since its snapshot so that a later snapshot can
 replace positions and cash as of its `as_of` and the fills after it still apply.
-A fill is applied once by `fill_id`, whatever the re-deliveries.
+A fill is applied once by `fill_id`, whatever the re-deliveries. A fill whose
+instrument has no reference data yet is held in the book (and so persisted with it)
+until the instrument arrives.
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ class Book:
     positions: dict[str, float] = field(default_factory=dict)
     cash: dict[str, float] = field(default_factory=dict)
     last_fill_id: str | None = None
+    held: dict[str, Fill] = field(default_factory=dict)  # fill_id -> fill awaiting reference data
+
+    def hold(self, fill: Fill) -> bool:
+        """Keep a fill whose instrument is not known yet. False if seen before."""
+        if fill.fill_id in self.seen_fill_ids or fill.fill_id in self.held:
+            return False
+        self.held[fill.fill_id] = fill
+        return True
+
+    def release(self, instrument: Instrument) -> list[Fill]:
+        """Apply the held fills of an instrument that just became known; the ones applied."""
+        ready = sorted((f for f in self.held.values() if f.instrument_id == instrument.instrument_id),
+                       key=lambda f: (f.ts, f.fill_id))
+        for f in ready:
+            del self.held[f.fill_id]
+        return [f for f in ready if self.apply_fill(f, instrument)]
 
     def apply_fill(self, fill: Fill, instrument: Instrument) -> bool:
         """Apply a fill once. False if it was seen before or is already in the snapshot."""
@@ -56,6 +74,9 @@ class Book:
         self.snapshot_positions = dict(snapshot.positions)
         self.snapshot_cash = dict(snapshot.cash)
         self.fills = {fid: f for fid, f in self.fills.items() if f.ts > snapshot.as_of}
+        for fid in [fid for fid, f in self.held.items() if f.ts <= snapshot.as_of]:
+            del self.held[fid]  # the books of record include it
+            self.seen_fill_ids.add(fid)
         self.positions = {iid: q for iid, q in self.snapshot_positions.items() if q != 0}
         self.cash = dict(self.snapshot_cash)
         for fill in sorted(self.fills.values(), key=lambda f: (f.ts, f.fill_id)):
@@ -84,6 +105,7 @@ class Book:
             "positions": self.positions,
             "cash": self.cash,
             "last_fill_id": self.last_fill_id,
+            "held": [f.to_dict() for f in self.held.values()],
         }
 
     @classmethod
@@ -99,4 +121,5 @@ class Book:
             positions=dict(d["positions"]),
             cash=dict(d["cash"]),
             last_fill_id=d["last_fill_id"],
+            held={f["fill_id"]: Fill.from_dict(f) for f in d.get("held", [])},
         )

@@ -1,20 +1,25 @@
 """The engine: events in, alert events out. No Kafka, no clock, no I/O.
 
-It owns the state every evaluation needs (reference data, latest prices, books,
-policies, the lifecycle of every limit) and re-evaluates only the books an event
+It owns the state every evaluation needs (reference data, latest prices, risk
+models, books, policies, and a `Watch` per book: the lifecycle of every limit, the
+peak NAV, and the book's data conditions) and re-evaluates only the books an event
 touches, in the event time the event carries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Iterable
 
-from monitor.engine.alerts import AlertEvent, Inputs, LimitState, step
+from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, step
 from monitor.engine.book import Book
-from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, Snapshot
+from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
 from monitor.engine.policy import Policy
-from monitor.engine.valuation import measure, value_book
+from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
+
+STALE_SWEEP: Micros = 1_000_000  # how often (in market event time) books are checked for stale prices
+STALE_LIMIT_ID = "book:stale_prices"
+NAV_LIMIT_ID = "book:nav"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,28 +31,58 @@ class BookStatus:
     band_usage: float | None  # that limit's |drift| / band half-width; 1.0 = at the edge
     open_alerts: int
     unavailable: str | None
+    oldest_input_ts: Micros | None = None  # event ts of the oldest price the valuation rests on
+
+
+@dataclass
+class Watch:
+    """What the engine remembers about one book between evaluations; persisted by the shell."""
+
+    limits: dict[str, LimitState] = field(default_factory=dict)
+    stale: LimitState = field(default_factory=LimitState)
+    nav: LimitState = field(default_factory=LimitState)
+    peak_nav: float | None = None
+
+    def open_alerts(self) -> int:
+        return sum(1 for s in (*self.limits.values(), self.stale, self.nav) if s.alert_id is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
+                "nav": self.nav.to_dict(), "peak_nav": self.peak_nav}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Watch":
+        return cls({k: LimitState.from_dict(v) for k, v in d["limits"].items()},
+                   LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"])
 
 
 class Engine:
     def __init__(self) -> None:
         self.instruments: dict[str, Instrument] = {}
         self.prices: dict[str, tuple[float, Micros]] = {}
+        self.risk_models: dict[str, RiskModel] = {}
         self.books: dict[str, Book] = {}
         self.policies: dict[str, Policy] = {}
-        self.limit_states: dict[str, dict[str, LimitState]] = {}
-        self.held_fills: dict[str, list[Fill]] = {}  # instrument_id -> fills awaiting reference data
+        self.watches: dict[str, Watch] = {}
         self.holders: dict[str, set[str]] = {}  # instrument_id -> ids of books that hold it
         self.clock: dict[str, Micros] = {}  # per-book event time: newest event applied to it
+        self.market_clock: Micros = 0  # newest price ts seen
+        self._next_sweep: Micros = 0
         self.status: dict[str, BookStatus] = {}
 
     # -- inputs ------------------------------------------------------------------
 
     def on_instrument(self, instrument: Instrument) -> list[AlertEvent]:
-        """Reference data; releases fills that were held for this instrument."""
+        """Reference data; applies fills that were held for this instrument."""
         self.instruments[instrument.instrument_id] = instrument
         out: list[AlertEvent] = []
-        for fill in self.held_fills.pop(instrument.instrument_id, []):
-            out += self.on_fill(fill)
+        for pid in sorted(self.books):
+            book = self.books[pid]
+            if any(f.instrument_id == instrument.instrument_id for f in book.held.values()):
+                applied = book.release(instrument)
+                if applied:
+                    self.holders.setdefault(instrument.instrument_id, set()).add(pid)
+                    out += self.evaluate(pid, max(f.ts for f in applied))
         for pid in sorted(self._books_affected_by(instrument.instrument_id)):
             out += self.evaluate(pid, self.clock.get(pid, 0))
         return out
@@ -60,23 +95,24 @@ class Engine:
             if current is not None and current[1] > p.ts:
                 continue  # an older price than the one we hold: latest value wins
             self.prices[p.instrument_id] = (p.price, p.ts)
+            self.market_clock = max(self.market_clock, p.ts)
             for pid in self._books_affected_by(p.instrument_id):
                 touched[pid] = max(touched.get(pid, 0), p.ts)
         out: list[AlertEvent] = []
         for pid in sorted(touched):
             out += self.evaluate(pid, touched[pid])
+        if self.market_clock >= self._next_sweep:
+            out += self._sweep_stale(exclude=touched)
         return out
 
     def on_fill(self, fill: Fill) -> list[AlertEvent]:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
+        book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         instrument = self.instruments.get(fill.instrument_id)
         if instrument is None:
-            held = self.held_fills.setdefault(fill.instrument_id, [])
-            if all(f.fill_id != fill.fill_id for f in held):
-                held.append(fill)
+            book.hold(fill)
             return []
-        book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         if not book.apply_fill(fill, instrument):
             return []
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
@@ -94,17 +130,29 @@ class Engine:
     def on_policy(self, policy: Policy) -> list[AlertEvent]:
         """A new policy version takes effect at once; lifecycles of limits it keeps go on."""
         self.policies[policy.portfolio_id] = policy
-        states = self.limit_states.setdefault(policy.portfolio_id, {})
+        watch = self.watches.setdefault(policy.portfolio_id, Watch())
         kept = {lim.limit_id for lim in policy.limits}
-        for limit_id in list(states):
-            if limit_id not in kept:
-                del states[limit_id]
+        for limit_id in [k for k in watch.limits if k not in kept]:
+            del watch.limits[limit_id]
         return self.evaluate(policy.portfolio_id, self.clock.get(policy.portfolio_id, 0))
 
-    def restore_book(self, book: Book) -> None:
-        """A book recovered from the changelog after a restart or a rebalance."""
-        self.books[book.portfolio_id] = book
-        self._index(book)
+    def on_risk_model(self, model: RiskModel) -> list[AlertEvent]:
+        self.risk_models[model.model_id] = model
+        out: list[AlertEvent] = []
+        for pid in sorted(self.policies):
+            if any(lim.metric == "risk_contribution" for lim in self.policies[pid].limits):
+                out += self.evaluate(pid, self.clock.get(pid, 0))
+        return out
+
+    def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
+        """A book's state recovered from the changelog after a restart or a rebalance."""
+        if book is not None:
+            self.books[pid] = book
+            self._index(book)
+        if policy is not None:
+            self.policies[pid] = policy
+        if watch is not None:
+            self.watches[pid] = watch
 
     def known_book(self, portfolio_id: str) -> bool:
         return portfolio_id in self.books or portfolio_id in self.policies
@@ -112,36 +160,100 @@ class Engine:
     # -- evaluation --------------------------------------------------------------
 
     def evaluate(self, portfolio_id: str, ts: Micros) -> list[AlertEvent]:
-        """Value the book, measure every limit of its policy, advance each limit's lifecycle."""
+        """Value the book, judge its data, measure every limit, advance each lifecycle."""
         ts = max(ts, self.clock.get(portfolio_id, 0))
         self.clock[portfolio_id] = ts
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
         if book is None or policy is None:
             return []
+        watch = self.watches.setdefault(portfolio_id, Watch())
         valuation = value_book(book, policy.base_currency, self.instruments, self.prices)
         inputs = Inputs(valuation.price_ts, book.last_fill_id)
-        states = self.limit_states.setdefault(portfolio_id, {})
-        out: list[AlertEvent] = []
+        out = self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs)
+        if valuation.ok and valuation.nav is not None and valuation.nav > 0:
+            watch.peak_nav = max(watch.peak_nav or 0.0, valuation.nav)
+        risk = self._risk(policy, valuation) if any(l.metric == "risk_contribution" for l in policy.limits) else None
+        judging = watch.stale.alert_id is None and watch.nav.alert_id is None
         worst: tuple[float, float] | None = None  # (usage, drift)
         for limit in policy.limits:
-            actual, _why = measure(limit, valuation, self.instruments)
+            actual, _why = measure(limit, valuation, self.instruments, watch.peak_nav, risk)
             if actual is None:
                 continue  # unavailable: neither opens nor resolves
             drift = actual - limit.target
             usage = limit.band.usage(drift)
             if worst is None or usage > worst[0]:
                 worst = (usage, drift)
-            state = states.setdefault(limit.limit_id, LimitState())
-            event = step(state, portfolio_id, limit, policy.evaluation, policy.version, actual, ts, inputs)
-            if event is not None:
-                out.append(event)
+            if judging:  # a metric on stale prices neither opens nor resolves
+                state = watch.limits.setdefault(limit.limit_id, LimitState())
+                event = step(state, portfolio_id, limit, policy.evaluation, policy.version, actual, ts, inputs)
+                if event is not None:
+                    out.append(event)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
             largest_drift=worst[1] if worst else None,
             band_usage=worst[0] if worst else None,
-            open_alerts=sum(1 for s in states.values() if s.alert_id is not None),
+            open_alerts=watch.open_alerts(),
             unavailable=valuation.unavailable,
+            oldest_input_ts=min(valuation.input_ts.values()) if valuation.input_ts else None,
         )
+        return out
+
+    def _judge_data(self, pid: str, policy: Policy, watch: Watch, valuation: Valuation, ts: Micros,
+                    inputs: Inputs) -> list[AlertEvent]:
+        """The book's data conditions: prices older than the policy allows, NAV <= 0."""
+        out: list[AlertEvent] = []
+        max_age = policy.evaluation.stale_price
+        stale = tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
+        oldest = max((ts - valuation.input_ts[iid] for iid in stale), default=0) / 1e6
+
+        def stale_event(state: str, alert_id: str, opened: Micros) -> AlertEvent:
+            reason = (f"{len(stale)} price(s) older than {max_age / 1e6:g}s (oldest {oldest:.1f}s): "
+                      f"{', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}" if stale
+                      else "all prices fresh again")
+            return AlertEvent(alert_id, state, "DATA_STALE", pid, STALE_LIMIT_ID, "price_age_seconds", oldest, None,
+                              (0.0, max_age / 1e6), "BREACH", policy.version, ts, opened, inputs, reason=reason,
+                              stale_instruments=stale)
+
+        event = condition_step(watch.stale, pid, "DATA_STALE", bool(stale), ts, stale_event)
+        if event is not None:
+            out.append(event)
+        nav = valuation.nav
+
+        def nav_event(state: str, alert_id: str, opened: Micros) -> AlertEvent:
+            reason = (f"NAV is {nav:,.2f} {policy.base_currency} (<= 0): weights are undefined, limits not judged"
+                      if state == "OPEN" else f"NAV positive again ({nav:,.2f} {policy.base_currency})")
+            return AlertEvent(alert_id, state, "NAV_NON_POSITIVE", pid, NAV_LIMIT_ID, "nav", nav, None, None,
+                              "CRITICAL", policy.version, ts, opened, inputs, reason=reason)
+
+        if valuation.ok:  # an unknown NAV neither opens nor resolves this condition
+            event = condition_step(watch.nav, pid, "NAV_NON_POSITIVE", nav is not None and nav <= 0, ts, nav_event)
+            if event is not None:
+                out.append(event)
+        return out
+
+    def _risk(self, policy: Policy, valuation: Valuation) -> RiskDecomposition | str:
+        if policy.risk_model is not None:
+            model = self.risk_models.get(policy.risk_model)
+            if model is None:
+                return f"risk model {policy.risk_model} not received yet"
+        elif len(self.risk_models) == 1:
+            model = next(iter(self.risk_models.values()))
+        else:
+            return f"policy names no risk model and {len(self.risk_models)} are known"
+        return decompose_risk(valuation, self.instruments, model)
+
+    def _sweep_stale(self, exclude: dict[str, Micros]) -> list[AlertEvent]:
+        """Prices of a book may stop while the market goes on: check every book in market time."""
+        self._next_sweep = self.market_clock + STALE_SWEEP
+        out: list[AlertEvent] = []
+        for pid in sorted(self.status):
+            policy, status = self.policies.get(pid), self.status[pid]
+            if pid in exclude or policy is None or status.oldest_input_ts is None:
+                continue
+            watch = self.watches.get(pid)
+            if watch is not None and watch.stale.alert_id is None and \
+                    self.market_clock - status.oldest_input_ts > policy.evaluation.stale_price:
+                out += self.evaluate(pid, self.market_clock)
         return out
 
     # -- indexes -------------------------------------------------------------------
@@ -155,3 +267,6 @@ class Engine:
         if instrument is not None and instrument.asset_class == "fx":
             return list(self.books)  # an FX rate can move any book's base-currency value
         return self.holders.get(instrument_id, ())
+
+    def held_fills(self) -> int:
+        return sum(len(b.held) for b in self.books.values())

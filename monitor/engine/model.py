@@ -160,3 +160,33 @@ class Snapshot:
             positions[iid] = _finite(f"positions.{iid}.quantity", p["quantity"])
         cash = {ccy: _finite(f"cash.{ccy}", amount) for ccy, amount in m["cash"].items()}
         return cls(m["portfolio_id"], parse_ts(m["as_of"]), cash, positions)
+
+
+@dataclass(frozen=True, slots=True)
+class RiskModel:
+    """A factor risk model: instrument covariance = B F B' + D (loadings from reference data)."""
+
+    model_id: str
+    as_of: Micros
+    factors: tuple[str, ...]
+    covariance: tuple[tuple[float, ...], ...]
+    specific_var: Mapping[str, float]
+
+    @classmethod
+    def from_message(cls, m: Mapping[str, Any]) -> "RiskModel":
+        factors = tuple(m["factors"])
+        k = len(factors)
+        rows = m["covariance"]
+        if len(set(factors)) != k:
+            raise Rejected("impossible_value", "risk model factors are not unique")
+        if len(rows) != k or any(len(r) != k for r in rows):
+            raise Rejected("impossible_value", f"covariance must be {k}x{k} to match {k} factors")
+        cov = tuple(tuple(_finite("covariance", float(x)) for x in r) for r in rows)
+        if any(abs(cov[i][j] - cov[j][i]) > 1e-12 * max(1.0, abs(cov[i][j])) for i in range(k) for j in range(k)):
+            raise Rejected("impossible_value", "covariance is not symmetric")
+        if any(cov[i][i] < 0 for i in range(k)):
+            raise Rejected("impossible_value", "covariance has a negative variance on its diagonal")
+        specific = {iid: _finite(f"specific_var.{iid}", v) for iid, v in m["specific_var"].items()}
+        if any(v < 0 for v in specific.values()):
+            raise Rejected("impossible_value", "specific_var has a negative variance")
+        return cls(m["model_id"], parse_ts(m["as_of"]), factors, cov, specific)

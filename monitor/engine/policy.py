@@ -84,6 +84,7 @@ class Policy:
     base_currency: str
     evaluation: Evaluation
     limits: tuple[Limit, ...]
+    risk_model: str | None = None  # model_id for risk_contribution limits; None: the only one there is
 
 
 def default_limit_id(doc: Mapping[str, Any]) -> str:
@@ -146,4 +147,5 @@ def parse_policy(doc: Mapping[str, Any], source: str) -> Policy:
             bucket=ld.get("bucket"),
             factor=ld.get("factor"),
         ))
-    return Policy(doc["portfolio_id"], int(doc["version"]), doc["base_currency"], evaluation, tuple(limits))
+    return Policy(doc["portfolio_id"], int(doc["version"]), doc["base_currency"], evaluation, tuple(limits),
+                  doc.get("risk_model"))

@@ -10,8 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+import numpy as np
+
 from monitor.engine.book import Book
-from monitor.engine.model import Instrument, Micros
+from monitor.engine.model import Instrument, Micros, RiskModel
 from monitor.engine.policy import BUCKET_METRICS, Limit
 
 PriceBook = Mapping[str, tuple[float, Micros]]  # instrument_id -> (latest price, its event ts)
@@ -44,6 +46,8 @@ class Valuation:
     mv: Mapping[str, float] = field(default_factory=dict)
     price_ts: Micros | None = None
     unavailable: str | None = None
+    # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
+    input_ts: Mapping[str, Micros] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -54,6 +58,7 @@ def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], pri
     missing: list[str] = []
     newest = 0
     mv: dict[str, float] = {}
+    input_ts: dict[str, Micros] = {}
     for iid, qty in book.positions.items():
         inst, px = instruments.get(iid), prices.get(iid)
         if inst is None or px is None:
@@ -65,6 +70,7 @@ def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], pri
             continue
         mv[iid] = qty * px[0] * inst.multiplier * fx[0]
         newest = max(newest, px[1], fx[1])
+        input_ts[iid] = min(px[1], fx[1]) if fx[1] else px[1]
     cash = 0.0
     for ccy, amount in book.cash.items():
         fx = fx_rate(ccy, base, prices)
@@ -74,12 +80,59 @@ def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], pri
         cash += amount * fx[0]
         newest = max(newest, fx[1])
     if missing:
-        return Valuation(None, mv, newest or None, "missing " + ", ".join(sorted(set(missing))))
-    return Valuation(cash + sum(mv.values()), mv, newest or None)
+        return Valuation(None, mv, newest or None, "missing " + ", ".join(sorted(set(missing))), input_ts)
+    return Valuation(cash + sum(mv.values()), mv, newest or None, None, input_ts)
 
 
-def measure(limit: Limit, valuation: Valuation, instruments: Mapping[str, Instrument]) -> tuple[float | None, str | None]:
-    """The limit's metric on a valuation: (value, None) or (None, why it is unavailable)."""
+@dataclass(frozen=True, slots=True)
+class RiskDecomposition:
+    """Portfolio variance w'(B F B' + D)w and its Euler allocation (the parts add up to `total`)."""
+
+    total: float
+    by_instrument: Mapping[str, float]  # w_i (B F B' w)_i + w_i^2 D_i
+    by_factor: Mapping[str, float]  # x_f (F x)_f with x = B'w
+    specific: float  # sum w_i^2 D_i
+
+
+def decompose_risk(valuation: Valuation, instruments: Mapping[str, Instrument],
+                   model: RiskModel) -> RiskDecomposition | str:
+    """The risk decomposition of a valued book, or why it cannot be computed."""
+    if not valuation.ok or valuation.nav is None or valuation.nav <= 0:
+        return valuation.unavailable or "NAV <= 0"
+    ids = sorted(valuation.mv)
+    missing = [iid for iid in ids if iid not in model.specific_var]
+    if missing:
+        return f"risk model {model.model_id} has no specific variance for {', '.join(missing)}"
+    w = np.array([valuation.mv[iid] for iid in ids]) / valuation.nav
+    loadings = np.array([[instruments[iid].factors.get(f, 0.0) for f in model.factors] for iid in ids])
+    loadings = loadings.reshape(len(ids), len(model.factors))
+    cov = np.array(model.covariance, dtype=float).reshape(len(model.factors), len(model.factors))
+    d = np.array([model.specific_var[iid] for iid in ids])
+    x = loadings.T @ w  # factor exposures
+    fx = cov @ x
+    by_instrument = w * (loadings @ fx) + w * w * d
+    by_factor = x * fx
+    specific = float(np.sum(w * w * d))
+    return RiskDecomposition(
+        total=float(x @ fx) + specific,
+        by_instrument=dict(zip(ids, by_instrument.tolist())),
+        by_factor=dict(zip(model.factors, by_factor.tolist())),
+        specific=specific,
+    )
+
+
+def measure(
+    limit: Limit,
+    valuation: Valuation,
+    instruments: Mapping[str, Instrument],
+    peak_nav: float | None = None,
+    risk: RiskDecomposition | str | None = None,
+) -> tuple[float | None, str | None]:
+    """The limit's metric on a valuation: (value, None) or (None, why it is unavailable).
+
+    `peak_nav` feeds `drawdown`; `risk` (a decomposition, or why there is none) feeds
+    `risk_contribution`.
+    """
     if not valuation.ok:
         return None, valuation.unavailable
     nav = valuation.nav
@@ -108,4 +161,23 @@ def measure(limit: Limit, valuation: Valuation, instruments: Mapping[str, Instru
     if metric == "exposure":
         factor = limit.factor or ""
         return sum(v * instruments[iid].factors.get(factor, 0.0) for iid, v in mv.items()) / nav, None
+    if metric == "drawdown":
+        if peak_nav is None or peak_nav <= 0:
+            return None, "no positive peak NAV yet"
+        return 1.0 - nav / peak_nav, None
+    if metric == "risk_contribution":
+        if risk is None:
+            return None, "no risk model"
+        if isinstance(risk, str):
+            return None, risk
+        if risk.total <= 0:
+            return None, "portfolio variance is zero"
+        if limit.dimension == "factor":
+            part = risk.by_factor.get(limit.bucket or "", 0.0)
+        elif limit.dimension == "specific":
+            part = risk.specific
+        else:
+            part = sum(rc for iid, rc in risk.by_instrument.items()
+                       if instruments[iid].attribute(limit.dimension or "") == limit.bucket)
+        return part / risk.total, None
     return None, f"metric {metric} is not evaluated by this version"

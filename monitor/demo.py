@@ -1,0 +1,141 @@
+"""`monitor demo`: the whole loop on a real broker, in one terminal.
+
+Starts (or reuses) a Kafka broker, the worker and the simulator as separate processes,
+prints every drift alert as one line as it arrives, and a summary at the end. Every
+process it started is stopped when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import socket
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.ops.config import Settings
+from monitor.ops.processes import spawn, terminate
+
+
+@dataclass
+class DemoSummary:
+    alerts_by_state: collections.Counter[str] = field(default_factory=collections.Counter)
+    breached_books: set[str] = field(default_factory=set)
+    events_in: dict[str, float] = field(default_factory=dict)
+
+    def render(self, books: int) -> str:
+        events = ", ".join(f"{t} {int(n):,}" for t, n in sorted(self.events_in.items()))
+        states = ", ".join(f"{s} {n}" for s, n in sorted(self.alerts_by_state.items()))
+        total_in = int(sum(self.events_in.values()))
+        return (f"events in: {total_in:,} ({events or 'none'})\n"
+                f"alerts out: {sum(self.alerts_by_state.values())} ({states or 'none'})\n"
+                f"books breached: {len(self.breached_books)} of {books}"
+                f"{' (' + ', '.join(sorted(self.breached_books)) + ')' if self.breached_books else ''}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape_events_consumed(url: str) -> dict[str, float]:
+    """monitor_events_consumed_total by topic, from the worker's /metrics."""
+    with urllib.request.urlopen(url, timeout=2) as response:
+        text = response.read().decode()
+    return {
+        s.labels["topic"]: s.value
+        for family in text_string_to_metric_families(text) if family.name == "monitor_events_consumed"
+        for s in family.samples if s.name.endswith("_total")
+    }
+
+
+def alert_line(alert: dict) -> str:
+    clock = alert["event_ts"][11:23]
+    return f"{clock}  {alert['state']:<11} {alert['severity']:<8} {alert['message'].split(': ', 1)[-1]}  " \
+           f"[{alert['portfolio_id']} {alert['limit_id']}]"
+
+
+async def _watch_alerts(settings: Settings, seconds: float | None, summary: DemoSummary,
+                        alive: "callable[[], bool]") -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
+                                group_id=None, auto_offset_reset="earliest")
+    await consumer.start()
+    deadline = time.monotonic() + seconds if seconds else None
+    try:
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            if not alive():
+                raise click.ClickException("a demo process stopped early: see the logs in .demo/")
+            batch = await consumer.getmany(timeout_ms=200)
+            for record in (r for part in batch.values() for r in part):
+                alert = orjson.loads(record.value)
+                summary.alerts_by_state[alert["state"]] += 1
+                if alert["state"] == "OPEN":
+                    summary.breached_books.add(alert["portfolio_id"])
+                click.echo(alert_line(alert))
+    finally:
+        await consumer.stop()
+
+
+def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path) -> DemoSummary:
+    from monitor.ops.broker import kafka_cluster
+    from monitor.stream.topics import ensure_topics
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    summary = DemoSummary()
+    with kafka_cluster() as bootstrap:
+        prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
+        settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=2,
+                            metrics_port=_free_port(), data_dir=str(workdir / "worker-data"))
+        asyncio.run(ensure_topics(settings))
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MONITOR_TOPIC_PREFIX": prefix,
+               "MONITOR_PARTITIONS": "2", "MONITOR_METRICS_PORT": str(settings.metrics_port),
+               "MONITOR_DATA_DIR": settings.data_dir, "MONITOR_LOG_FORMAT": "console"}
+        click.echo(f"broker {bootstrap}; worker /metrics on http://127.0.0.1:{settings.metrics_port}/metrics; "
+                   f"logs in {workdir}/")
+        me = [sys.executable, "-m", "monitor"]
+        worker = spawn([*me, "worker"], env=env, log_path=workdir / "worker.log")
+        simulator = spawn([*me, "simulate", "--books", str(books), "--instruments", str(instruments)],
+                          env=env, log_path=workdir / "simulator.log")
+        try:
+            asyncio.run(_watch_alerts(settings, seconds, summary,
+                                      lambda: worker.poll() is None and simulator.poll() is None))
+        finally:
+            terminate(simulator)
+            try:
+                summary.events_in = scrape_events_consumed(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+            except OSError:
+                pass  # the worker is gone already: the summary says none
+            terminate(worker)
+    return summary
+
+
+@click.command("demo")
+@click.option("--seconds", envvar="DEMO_SECONDS", default=None,
+              callback=lambda _ctx, _param, value: float(value) if value else None,
+              help="Stop after this many seconds [env DEMO_SECONDS; default: until Ctrl-C]")
+@click.option("--books", type=int, default=5, show_default=True)
+@click.option("--instruments", type=int, default=50, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
+def demo_command(seconds: float | None, books: int, instruments: int, workdir: Path) -> None:
+    """Run broker, worker and simulator; print drift alerts as they arrive; summarise at the end."""
+    from monitor.ops.logging import configure
+
+    configure("console", "warning")
+    summary = run_demo(seconds or None, books, instruments, workdir)
+    click.echo("-" * 72)
+    click.echo(summary.render(books))

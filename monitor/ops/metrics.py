@@ -1,0 +1,45 @@
+"""The worker's Prometheus series: what came in, what was refused, what went out, how late.
+
+Names and labels are part of the product (Grafana dashboards and alert rules in
+deploy/ use them); change them only with those.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from monitor.engine import BookStatus
+
+EVENTS_CONSUMED = Counter("monitor_events_consumed", "Input messages consumed, by logical topic", ["topic"])
+DLQ_MESSAGES = Counter("monitor_dlq_messages", "Messages sent to the dead-letter topic, by source topic and reason",
+                       ["topic", "reason"])
+ALERTS_EMITTED = Counter("monitor_alerts_emitted", "Drift-alert lifecycle events emitted", ["severity", "state"])
+EVENT_LAG = Histogram(
+    "monitor_event_lag_seconds", "Wall time at processing minus the event's own ts", ["topic"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+EVALUATION_SECONDS = Histogram(
+    "monitor_evaluation_seconds", "Time to evaluate the books touched by one batch of events",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+BOOK_NAV = Gauge("monitor_book_nav", "Book NAV in its base currency", ["portfolio_id"])
+BOOK_LARGEST_DRIFT = Gauge("monitor_book_largest_drift", "Drift (actual - target) of the limit with the largest band usage",
+                           ["portfolio_id"])
+BOOK_BAND_USAGE = Gauge("monitor_book_band_usage", "Largest |drift| / band half-width of the book (1.0 = at the edge)",
+                        ["portfolio_id"])
+ALERTS_OPEN = Gauge("monitor_alerts_open", "Alerts currently open", ["portfolio_id"])
+HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
+
+
+def publish_book(portfolio_id: str, status: BookStatus) -> None:
+    """Set a book's gauges from its latest evaluation (NaN where a number is unavailable)."""
+    nan = float("nan")
+    BOOK_NAV.labels(portfolio_id).set(status.nav if status.nav is not None else nan)
+    BOOK_LARGEST_DRIFT.labels(portfolio_id).set(status.largest_drift if status.largest_drift is not None else nan)
+    BOOK_BAND_USAGE.labels(portfolio_id).set(status.band_usage if status.band_usage is not None else nan)
+    ALERTS_OPEN.labels(portfolio_id).set(status.open_alerts)
+
+
+def serve(host: str, port: int) -> None:
+    """Serve /metrics over HTTP from a daemon thread."""
+    start_http_server(port, addr=host)

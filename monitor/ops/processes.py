@@ -1,0 +1,74 @@
+"""Child processes that never outlive us: the broker, the worker, the simulator.
+
+Each child gets its own process group (so a stop reaches its children too) and, on
+Linux, PR_SET_PDEATHSIG, so the kernel kills it if we are killed with -9.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO, Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """Runs in the forked child before exec: SIGKILL me when the thread that started me dies."""
+    parent = os.getppid()
+    assert _libc is not None
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    stdout: int | IO[bytes] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group, tied to our life; output to `log_path` if given."""
+    out: int | IO[bytes] | None = stdout
+    if log_path is not None:
+        out = open(log_path, "ab")  # noqa: SIM115 (the child owns it; closed when we close ours below)
+    try:
+        return subprocess.Popen(
+            list(argv),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if _libc is not None else None,
+        )
+    finally:
+        if log_path is not None and out is not None and not isinstance(out, int):
+            out.close()
+
+
+def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
+    """SIGTERM the child's whole group, SIGKILL what is left after `grace` seconds; its exit code."""
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        log.warning("pid %d ignored SIGTERM for %g s; killing it", proc.pid, grace)
+    finally:  # also on Ctrl-C while waiting: nothing of the group may survive
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode

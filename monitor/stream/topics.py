@@ -1,0 +1,39 @@
+"""Create the contract's topics before anyone subscribes to them.
+
+A Faust agent that subscribes to a topic that does not exist yet misses what is
+produced before the next metadata refresh, so the worker and the simulator create
+every topic first (idempotently).
+"""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from monitor.ops.config import ALL_TOPICS, COMPACTED_TOPICS, Settings
+
+
+async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPICS) -> None:
+    """Create the missing topics (compacted where the contract says so); existing ones are fine."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(
+                name=settings.topic(t),
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if t in COMPACTED_TOPICS else {},
+            )
+            for t in logical
+            if settings.topic(t) not in existing
+        ]
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+        for name, code, *rest in response.topic_errors:
+            if code and code != TopicAlreadyExistsError.errno:  # a concurrent creator won the race: fine
+                raise for_code(code)(f"creating topic {name}: {rest[0] if rest else ''}")
+    finally:
+        await admin.close()

@@ -1,0 +1,137 @@
+"""Shared fixtures: one real Kafka broker per session, one worker process per test.
+
+Each test gets its own topic prefix, so tests share the broker without sharing data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.ops.config import Settings
+from monitor.ops.processes import spawn, terminate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    from monitor.ops.broker import kafka_cluster
+
+    with kafka_cluster() as bootstrap:
+        yield bootstrap
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}-", partitions=2,
+                    metrics_port=free_port(), data_dir=str(tmp_path / "worker-data"))
+
+
+def produce(settings: Settings, messages: list[tuple[str, str | None, Any]]) -> None:
+    """Send (logical topic, key, value) in order; a value that is not bytes is JSON-encoded."""
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for topic, key, value in messages:
+                raw = value if isinstance(value, bytes) else orjson.dumps(value)
+                await producer.send_and_wait(settings.topic(topic), raw, key=key.encode() if key else None)
+        finally:
+            await producer.stop()
+
+    asyncio.run(go())
+
+
+def consume(settings: Settings, topic: str, until: Callable[[list[dict]], bool], timeout: float = 30.0) -> list[dict]:
+    """Read a topic from the beginning until `until(records)` holds; fail after `timeout` seconds."""
+
+    async def go() -> list[dict]:
+        consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.bootstrap_servers,
+                                    group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while not until(records):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"timed out after {timeout}s on {topic}; got {records}")
+                batch = await consumer.getmany(timeout_ms=200)
+                for part in batch.values():
+                    records += [{"key": r.key, "partition": r.partition, "offset": r.offset,
+                                 **orjson.loads(r.value)} for r in part]
+            return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class WorkerProcess:
+    settings: Settings
+    log_path: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, parsed with prometheus_client's own parser."""
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
+            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": settings.data_dir,
+            "MONITOR_LOG_FORMAT": "console", "MONITOR_LOG_LEVEL": "info"}
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A `monitor worker` process on the session broker, ready when /metrics answers."""
+    handle = WorkerProcess(settings, tmp_path / "worker.log")
+    proc = spawn([sys.executable, "-m", "monitor", "worker"], env=worker_env(settings), log_path=handle.log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}:\n{handle.log()[-4000:]}")
+            try:
+                urllib.request.urlopen(handle.metrics_url, timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"worker /metrics did not answer in 60 s:\n{handle.log()[-4000:]}")
+                time.sleep(0.2)
+        yield handle
+    finally:
+        terminate(proc)
+        sys.stderr.write(f"\n--- worker log ({handle.log_path}) ---\n{handle.log()[-3000:]}\n")
