@@ -45,7 +45,9 @@ def broker() -> None:
 
 
 from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside what they run)
+from monitor.replay import replay_command  # noqa: E402
 from monitor.simulate import simulate_command  # noqa: E402
 
 main.add_command(simulate_command)
+main.add_command(replay_command)
 main.add_command(demo_command)

@@ -32,9 +32,10 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ POM = DEPLOY_DIR / "pom.xml"
 LOG4J_CONFIG = DEPLOY_DIR / "log4j2.properties"
 MIN_JAVA = 17
 _COMPLETE = ".complete"  # written into the cache dir after a successful Maven copy
+_DATA_DIR_PREFIX = "drift-monitor-kafka-"  # LocalKafka's data dirs, in the temp dir
+_OWNER_LOCK = "owner.lock"
 
 # Kafka's bin/kafka-<name>.sh scripts and the main class each runs (Kafka 4.4).
 TOOLS = {
@@ -215,6 +218,7 @@ class LocalKafka:
         self._port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
+        self._owner_lock: IO[str] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
@@ -244,32 +248,14 @@ class LocalKafka:
         deadline = time.monotonic() + timeout
         atexit.register(self.stop)
         try:
-            self._data_dir = Path(tempfile.mkdtemp(prefix="drift-monitor-kafka-"))
-            port, controller_port = _free_ports(2)
-            self._port = self._wanted_port or port
-            props = self._data_dir / "server.properties"
-            props.write_text(self._server_properties(controller_port))
-            classpath = ["-cp", f"{lib}/*"]
-            fmt = [java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", *classpath, "kafka.tools.StorageTool",
-                   "format", "-t", _cluster_id(), "-c", str(props)]  # fmt: skip
-            formatted = subprocess.run(fmt, capture_output=True, text=True, timeout=max(deadline - time.monotonic(), 1))
-            if formatted.returncode != 0:
-                raise KafkaStartError(f"formatting Kafka storage failed:\n{formatted.stdout}{formatted.stderr}")
-            jvm = [
-                java, "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
-                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                *classpath, "kafka.Kafka", str(props),
-            ]  # fmt: skip
-            with open(self._data_dir / "broker.log", "wb") as out:
-                self._proc = subprocess.Popen(
-                    jvm, cwd=self._data_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-                )  # fmt: skip
+            props = self._make_data_dir()
+            self._format_storage(java, lib, props, deadline)
+            self._launch(java, lib, props)
             self._wait_until_ready(deadline, timeout)
         except BaseException:  # including KeyboardInterrupt: never leave a half-started JVM
             self.stop()
             raise
-        log.info("Kafka broker (pid %d) ready at %s", self._proc.pid, self.bootstrap_servers)
+        log.info("Kafka broker (pid %s) ready at %s", self.pid, self.bootstrap_servers)
         return self
 
     def stop(self) -> None:
@@ -280,6 +266,9 @@ class LocalKafka:
         if self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
+        if self._owner_lock is not None:
+            self._owner_lock.close()
+            self._owner_lock = None
         atexit.unregister(self.stop)
 
     def __enter__(self) -> LocalKafka:
@@ -287,6 +276,43 @@ class LocalKafka:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    def _make_data_dir(self) -> Path:
+        """A fresh data dir, locked as ours, with server.properties on free ports."""
+        _remove_orphaned_data_dirs()
+        self._data_dir = Path(tempfile.mkdtemp(prefix=_DATA_DIR_PREFIX))
+        self._owner_lock = open(self._data_dir / _OWNER_LOCK, "w")  # noqa: SIM115 (held until stop)
+        fcntl.flock(self._owner_lock, fcntl.LOCK_EX)
+        port, controller_port = _free_ports(2)
+        self._port = self._wanted_port or port
+        props = self._data_dir / "server.properties"
+        props.write_text(self._server_properties(controller_port))
+        return props
+
+    def _format_storage(self, java: str, lib: Path, props: Path, deadline: float) -> None:
+        """`kafka-storage format` with a new cluster id: KRaft will not start unformatted."""
+        cmd = [
+            java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", f"{lib}/*",
+            "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(deadline - time.monotonic(), 1))
+        if done.returncode != 0:
+            raise KafkaStartError(f"formatting Kafka storage failed:\n{done.stdout}{done.stderr}")
+
+    def _launch(self, java: str, lib: Path, props: Path) -> None:
+        """Start the JVM in its own session, tied to our life, logging to broker.log."""
+        assert self._data_dir is not None
+        cmd = [
+            java, "-Xms256m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp", f"{lib}/*", "kafka.Kafka", str(props),
+        ]  # fmt: skip
+        die_with_us = partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
+        with open(self._data_dir / "broker.log", "wb") as out:
+            self._proc = subprocess.Popen(
+                cmd, cwd=self._data_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=die_with_us,
+            )  # fmt: skip
 
     def _server_properties(self, controller_port: int) -> str:
         assert self._data_dir is not None
@@ -312,7 +338,9 @@ class LocalKafka:
             if _answers_metadata(self.bootstrap_servers):
                 return
             if time.monotonic() > deadline:
-                raise KafkaStartError(f"Kafka did not answer on {self.bootstrap_servers} within {timeout:g} s.\n{self._log_tail()}")
+                raise KafkaStartError(
+                    f"Kafka did not answer on {self.bootstrap_servers} within {timeout:g} s.\n{self._log_tail()}"
+                )
             time.sleep(0.2)
 
     def _log_tail(self, lines: int = 40) -> str:
@@ -323,6 +351,22 @@ class LocalKafka:
         except OSError:
             return f"({path} is missing)"
         return f"Last lines of {path}:\n" + "\n".join(tail)
+
+
+def _remove_orphaned_data_dirs(min_age: float = 60) -> None:
+    """Delete data dirs whose Python process died without stop() (kill -9, SIGTERM).
+
+    A live owner holds an flock on the dir's owner.lock; the kernel drops it when the
+    process dies. Dirs younger than `min_age` seconds may still be setting up: skipped.
+    """
+    for data_dir in Path(tempfile.gettempdir()).glob(f"{_DATA_DIR_PREFIX}*"):
+        with contextlib.suppress(OSError):  # vanished meanwhile, not ours to read, ...
+            if time.time() - data_dir.stat().st_mtime < min_age:
+                continue
+            with open(data_dir / _OWNER_LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # OSError while its owner lives
+                log.info("removing %s, left behind by a killed process", data_dir)
+                shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -346,9 +390,8 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Runs in the forked child before exec: SIGKILL me when my parent thread dies."""
-    parent = os.getppid()
     assert _libc is not None
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -434,7 +477,8 @@ def _kafka_container() -> Iterator[str]:
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,BROKER:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "inter.broker.listener.name": "BROKER",
     }
-    container.with_envs(CLUSTER_ID=_cluster_id(), **{"KAFKA_" + k.upper().replace(".", "_"): v for k, v in config.items()})
+    env = {"KAFKA_" + key.upper().replace(".", "_"): value for key, value in config.items()}
+    container.with_envs(CLUSTER_ID=_cluster_id(), **env)
     container.waiting_for(LogMessageWaitStrategy("Kafka Server started").with_startup_timeout(120))
     with container:
         bootstrap_servers = f"{host}:{port}"
@@ -478,12 +522,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def main() -> int:
     """Provide a Kafka cluster until SIGINT/SIGTERM; print `KAFKA_BOOTSTRAP_SERVERS=...` first.
 
-    The one stdout line is meant for scripts (`make demo`); logs go to stderr.
+    The one stdout line is meant for scripts (`make demo`); logs go to stderr. Exits with
+    status 2 (SystemExit, so also under `monitor broker`) when Kafka is unavailable.
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with kafka_cluster() as bootstrap_servers:
             print(f"KAFKA_BOOTSTRAP_SERVERS={bootstrap_servers}", flush=True)
@@ -493,7 +537,10 @@ def main() -> int:
         log.info("Kafka: stopped")
     except KafkaUnavailable as exc:
         log.error("%s", exc)
-        return 2
+        raise SystemExit(2) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return 0
 
 

@@ -44,7 +44,16 @@ def decode_json(topic: str, raw: bytes | None) -> dict[str, Any]:
 
 def decode_event(topic: str, raw: bytes | None, source: str) -> Event:
     """One message of an input topic as an engine event; `source` names it in policy errors."""
-    doc = decode_json(topic, raw)
+    return event_from_doc(topic, decode_json(topic, raw), source)
+
+
+def event_from_doc(topic: str, doc: Any, source: str, validated: bool = True) -> Event:
+    """A parsed document of an input topic as an engine event (schema-checked unless `validated`)."""
+    if not validated:
+        try:
+            validate(topic, doc)
+        except ContractError as e:
+            raise Rejected("schema_violation", str(e)) from None
     if topic == "policies":
         try:
             return parse_policy(doc, source)

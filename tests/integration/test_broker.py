@@ -7,12 +7,14 @@ own, because they kill it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from monitor.ops.broker import (
     KafkaUnavailable,
     LocalKafka,
+    _remove_orphaned_data_dirs,
     kafka_cluster,
     kafka_lib_dir,
     kafka_tool,
@@ -158,14 +161,27 @@ def test_stop_leaves_no_process_and_no_data_dir() -> None:
     assert kafka.pid is None and kafka.data_dir is None
 
 
+def test_data_dirs_of_killed_processes_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # sweep a private temp dir only
+    orphan, live, fresh = (tmp_path / f"drift-monitor-kafka-{name}" for name in ("orphan", "live", "fresh"))
+    for data_dir in (orphan, live, fresh):
+        (data_dir / "kraft").mkdir(parents=True)
+        (data_dir / "owner.lock").touch()
+    for data_dir in (orphan, live):
+        os.utime(data_dir, (time.time() - 3600,) * 2)
+    with open(live / "owner.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as the LocalKafka of a running process does
+        _remove_orphaned_data_dirs()
+    assert not orphan.exists()
+    assert live.exists() and fresh.exists()
+
+
 def _start_main() -> tuple[subprocess.Popen[str], str, int, Path]:
     """`python -m monitor.ops.broker` in a child: (child, bootstrap servers, JVM pid, data dir)."""
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"  # the local JVM even where Docker runs
-    child = subprocess.Popen(
-        [sys.executable, "-m", "monitor.ops.broker"], env=env, stdout=subprocess.PIPE, text=True
-    )
+    child = subprocess.Popen([sys.executable, "-m", "monitor.ops.broker"], env=env, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     ready, _, _ = select.select([child.stdout], [], [], 120)
     line = child.stdout.readline() if ready else ""
