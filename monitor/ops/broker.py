@@ -17,7 +17,6 @@ import asyncio
 import atexit
 import base64
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
@@ -32,10 +31,12 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from types import FrameType
 from typing import IO
+
+from monitor.ops.processes import spawn, terminate
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class LocalKafka:
         """SIGTERM the JVM's group, SIGKILL after 10 s, reap it, delete the data dir. Idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate_group(proc, grace=10.0)
+            terminate(proc, grace=10.0)
         if self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None
@@ -307,12 +308,7 @@ class LocalKafka:
             "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             "-cp", f"{lib}/*", "kafka.Kafka", str(props),
         ]  # fmt: skip
-        die_with_us = partial(_die_with_parent, os.getpid()) if sys.platform == "linux" else None
-        with open(self._data_dir / "broker.log", "wb") as out:
-            self._proc = subprocess.Popen(
-                cmd, cwd=self._data_dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, preexec_fn=die_with_us,
-            )  # fmt: skip
+        self._proc = spawn(cmd, cwd=self._data_dir, log_path=self._data_dir / "broker.log")
 
     def _server_properties(self, controller_port: int) -> str:
         assert self._data_dir is not None
@@ -384,34 +380,6 @@ def _cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _die_with_parent(parent: int) -> None:
-    """Runs in the forked child before exec: SIGKILL me when my parent thread dies."""
-    assert _libc is not None
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _terminate_group(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """Stop a process started with start_new_session=True, and everything in its group."""
-    try:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        log.warning("Kafka (pid %d) ignored SIGTERM for %g s; killing it", proc.pid, grace)
-    finally:  # also on Ctrl-C while waiting: nothing of the group may survive
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.kill()  # in case it is not (or no longer) its group's leader
-            proc.wait()
 
 
 def _answers_metadata(bootstrap_servers: str) -> bool:

@@ -13,8 +13,10 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import IO
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +24,8 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     """Runs in the forked child before exec: SIGKILL me when the thread that started me dies."""
-    parent = os.getppid()
     assert _libc is not None
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before prctl took effect
@@ -52,7 +53,7 @@ def spawn(
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent if _libc is not None else None,
+            preexec_fn=partial(_die_with_parent, os.getpid()) if _libc is not None else None,
         )
     finally:
         if log_path is not None and out is not None and not isinstance(out, int):
@@ -70,5 +71,7 @@ def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
     finally:  # also on Ctrl-C while waiting: nothing of the group may survive
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()  # in case it is not (or no longer) its group's leader
         proc.wait()
     return proc.returncode
