@@ -9,7 +9,9 @@ risk-models), `key` the message key, `value` the message as on the topic. This i
 format `monitor simulate --jsonl` writes. The output is the alert events, one JSON
 object per line, exactly as the worker writes them to `drift-alerts`, except that
 `detected_ts` is the event's own time (a replay detects in event time), so the same
-log always gives the same bytes.
+log always gives the same bytes. With the worker's evaluation window (`--tick-ms`,
+default the worker's MONITOR_TICK_MS), the alerts are the ones the worker emits for
+the same log.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import click
 import orjson
 
 from monitor.engine import AlertEvent, Engine, Fill, Instrument, Policy, Price, Rejected, RiskModel, Snapshot
+from monitor.ops.config import Settings
 from monitor.stream.codec import event_from_doc
 
 INPUT_TOPICS = ("prices", "fills", "instruments", "positions", "policies", "risk-models")
@@ -78,10 +81,9 @@ class Replay:
                 continue
             self.stats.alerts += len(out)
             yield from out
-        if pending:
-            out = self.engine.on_prices(pending)
-            self.stats.alerts += len(out)
-            yield from out
+        out = (self.engine.on_prices(pending) if pending else []) + self.engine.flush()  # the log ends
+        self.stats.alerts += len(out)
+        yield from out
 
 
 def _apply(engine: Engine, event: object) -> list[AlertEvent]:
@@ -106,12 +108,14 @@ def write_alerts(alerts: Iterable[AlertEvent], out: IO[bytes]) -> None:
 @click.argument("events", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write alerts here [default: stdout]")
 @click.option("--batch", type=int, default=1, show_default=True,
-              help="Hand consecutive prices to the engine in batches of up to this many")
-def replay_command(events: str, out: Path | None, batch: int) -> None:
+              help="Hand consecutive prices to the engine in batches of up to this many (alerts do not change)")
+@click.option("--tick-ms", type=float, default=None,
+              help="Event-time evaluation window [default: the worker's, env MONITOR_TICK_MS]")
+def replay_command(events: str, out: Path | None, batch: int, tick_ms: float | None) -> None:
     """Run the engine on a JSON Lines event log (see `monitor/replay.py`); write the alert events."""
     source = sys.stdin.buffer if events == "-" else open(events, "rb")  # noqa: SIM115
     sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115
-    run = Replay(batch=batch)
+    run = Replay(Engine(Settings.from_env(tick_ms=tick_ms).tick), batch=batch)
     try:
         write_alerts(run.run(source), sink)
     except Rejected as r:

@@ -6,8 +6,10 @@ Each test gets its own topic prefix, so tests share the broker without sharing d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -51,12 +53,14 @@ def produce(settings: Settings, messages: list[tuple[str, str | None, Any]]) -> 
     """Send (logical topic, key, value) in order; a value that is not bytes is JSON-encoded."""
 
     async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
         try:
+            sent = []
             for topic, key, value in messages:
                 raw = value if isinstance(value, bytes) else orjson.dumps(value)
-                await producer.send_and_wait(settings.topic(topic), raw, key=key.encode() if key else None)
+                sent.append(await producer.send(settings.topic(topic), raw, key=key.encode() if key else None))
+            await asyncio.gather(*sent)  # every one acknowledged, in order per partition
         finally:
             await producer.stop()
 
@@ -91,6 +95,7 @@ def consume(settings: Settings, topic: str, until: Callable[[list[dict]], bool],
 class WorkerProcess:
     settings: Settings
     log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def metrics_url(self) -> str:
@@ -114,11 +119,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "MONITOR_LOG_FORMAT": "console", "MONITOR_LOG_LEVEL": "info"}
 
 
-@pytest.fixture
-def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
-    """A `monitor worker` process on the session broker, ready when /metrics answers."""
-    handle = WorkerProcess(settings, tmp_path / "worker.log")
+@contextlib.contextmanager
+def running_worker(settings: Settings, log_path: Path) -> Iterator[WorkerProcess]:
+    """A `monitor worker` process on the given broker, ready when /metrics answers; stopped after."""
+    handle = WorkerProcess(settings, log_path)
     proc = spawn([sys.executable, "-m", "monitor", "worker"], env=worker_env(settings), log_path=handle.log_path)
+    handle.proc = proc
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -135,3 +141,10 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     finally:
         terminate(proc)
         sys.stderr.write(f"\n--- worker log ({handle.log_path}) ---\n{handle.log()[-3000:]}\n")
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A worker on the session broker, with this test's topic prefix."""
+    with running_worker(settings, tmp_path / "worker.log") as handle:
+        yield handle

@@ -4,6 +4,13 @@ It owns the state every evaluation needs (reference data, latest prices, risk
 models, books, policies, and a `Watch` per book: the lifecycle of every limit, the
 peak NAV, and the book's data conditions) and re-evaluates only the books an event
 touches, in the event time the event carries.
+
+Evaluation happens per window of event time (`tick`): an event whose ts lies beyond
+the open window first closes it, evaluating once every book touched in it (in book
+order). So the alerts depend on the events and their times, not on how a consumer
+happened to batch them; a replay of a log and the live worker agree. Events without
+an event time (reference data, policies, risk models) take effect as they arrive.
+With `tick=0` every call evaluates at once (what the unit tests use).
 """
 
 from __future__ import annotations
@@ -42,22 +49,27 @@ class Watch:
     stale: LimitState = field(default_factory=LimitState)
     nav: LimitState = field(default_factory=LimitState)
     peak_nav: float | None = None
+    clock: Micros = 0  # event time of the last evaluation: the state is as of then
 
     def open_alerts(self) -> int:
         return sum(1 for s in (*self.limits.values(), self.stale, self.nav) if s.alert_id is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
-                "nav": self.nav.to_dict(), "peak_nav": self.peak_nav}
+                "nav": self.nav.to_dict(), "peak_nav": self.peak_nav, "clock": self.clock}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Watch":
         return cls({k: LimitState.from_dict(v) for k, v in d["limits"].items()},
-                   LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"])
+                   LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"], d["clock"])
 
 
 class Engine:
-    def __init__(self) -> None:
+    def __init__(self, tick: Micros = 0) -> None:
+        self.tick = tick
+        self._window_end: Micros | None = None  # exclusive end of the open window
+        self._dirty: dict[str, Micros] = {}  # books touched in the open window -> newest ts
+        self._warming: dict[str, Micros] = {}  # restored books -> the clock they were restored at
         self.instruments: dict[str, Instrument] = {}
         self.prices: dict[str, tuple[float, Micros]] = {}
         self.risk_models: dict[str, RiskModel] = {}
@@ -75,57 +87,57 @@ class Engine:
     def on_instrument(self, instrument: Instrument) -> list[AlertEvent]:
         """Reference data; applies fills that were held for this instrument."""
         self.instruments[instrument.instrument_id] = instrument
-        out: list[AlertEvent] = []
         for pid in sorted(self.books):
             book = self.books[pid]
             if any(f.instrument_id == instrument.instrument_id for f in book.held.values()):
                 applied = book.release(instrument)
                 if applied:
                     self.holders.setdefault(instrument.instrument_id, set()).add(pid)
-                    out += self.evaluate(pid, max(f.ts for f in applied))
-        for pid in sorted(self._books_affected_by(instrument.instrument_id)):
-            out += self.evaluate(pid, self.clock.get(pid, 0))
-        return out
+                    self._touch(pid, max(f.ts for f in applied))
+        for pid in self._books_affected_by(instrument.instrument_id):
+            self._touch(pid, self.clock.get(pid, 0))
+        return self._settle()
 
     def on_prices(self, prices: Iterable[Price]) -> list[AlertEvent]:
         """A batch of prices: keep the latest per instrument, re-evaluate the books they touch."""
-        touched: dict[str, Micros] = {}
+        out: list[AlertEvent] = []
         for p in prices:
+            out += self._advance(p.ts)
             current = self.prices.get(p.instrument_id)
             if current is not None and current[1] > p.ts:
                 continue  # an older price than the one we hold: latest value wins
             self.prices[p.instrument_id] = (p.price, p.ts)
             self.market_clock = max(self.market_clock, p.ts)
             for pid in self._books_affected_by(p.instrument_id):
-                touched[pid] = max(touched.get(pid, 0), p.ts)
-        out: list[AlertEvent] = []
-        for pid in sorted(touched):
-            out += self.evaluate(pid, touched[pid])
-        if self.market_clock >= self._next_sweep:
-            out += self._sweep_stale(exclude=touched)
-        return out
+                if p.ts >= self.clock.get(pid, 0):  # older: already judged (e.g. re-read after a restart)
+                    self._touch(pid, p.ts)
+        return out + self._settle()
 
     def on_fill(self, fill: Fill) -> list[AlertEvent]:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
+        out = self._advance(fill.ts)
         book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         instrument = self.instruments.get(fill.instrument_id)
         if instrument is None:
             book.hold(fill)
-            return []
+            return out
         if not book.apply_fill(fill, instrument):
-            return []
+            return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
-        return self.evaluate(fill.portfolio_id, fill.ts)
+        self._touch(fill.portfolio_id, fill.ts)
+        return out + self._settle()
 
     def on_snapshot(self, snapshot: Snapshot) -> list[AlertEvent]:
         book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
         if book.as_of is not None and snapshot.as_of < book.as_of:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
+        out = self._advance(snapshot.as_of)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
         self._index(book)
-        return self.evaluate(snapshot.portfolio_id, snapshot.as_of)
+        self._touch(snapshot.portfolio_id, snapshot.as_of)
+        return out + self._settle()
 
     def on_policy(self, policy: Policy) -> list[AlertEvent]:
         """A new policy version takes effect at once; lifecycles of limits it keeps go on."""
@@ -134,15 +146,15 @@ class Engine:
         kept = {lim.limit_id for lim in policy.limits}
         for limit_id in [k for k in watch.limits if k not in kept]:
             del watch.limits[limit_id]
-        return self.evaluate(policy.portfolio_id, self.clock.get(policy.portfolio_id, 0))
+        self._touch(policy.portfolio_id, self.clock.get(policy.portfolio_id, 0))
+        return self._settle()
 
     def on_risk_model(self, model: RiskModel) -> list[AlertEvent]:
         self.risk_models[model.model_id] = model
-        out: list[AlertEvent] = []
-        for pid in sorted(self.policies):
+        for pid in self.policies:
             if any(lim.metric == "risk_contribution" for lim in self.policies[pid].limits):
-                out += self.evaluate(pid, self.clock.get(pid, 0))
-        return out
+                self._touch(pid, self.clock.get(pid, 0))
+        return self._settle()
 
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
@@ -153,9 +165,51 @@ class Engine:
             self.policies[pid] = policy
         if watch is not None:
             self.watches[pid] = watch
+            self.clock[pid] = max(self.clock.get(pid, 0), watch.clock)
+            # Judged again only once the market, re-read from its topics, is back at that time.
+            self._warming[pid] = self.clock[pid]
 
     def known_book(self, portfolio_id: str) -> bool:
         return portfolio_id in self.books or portfolio_id in self.policies
+
+    # -- event-time windows ------------------------------------------------------
+
+    def flush(self) -> list[AlertEvent]:
+        """Evaluate every book touched since the last evaluation (closes the open window)."""
+        dirty, self._dirty = self._dirty, {}
+        out: list[AlertEvent] = []
+        for pid in sorted(dirty):
+            out += self.evaluate(pid, dirty[pid])
+        if self.market_clock >= self._next_sweep:
+            out += self._sweep_stale(exclude=dirty)
+        return out
+
+    def end_warmup(self) -> None:
+        """The inputs have been re-read to their end: restored books are judged again from now."""
+        for pid, clock in self._warming.items():
+            self._dirty[pid] = max(self._dirty.get(pid, 0), clock)
+        self._warming.clear()
+
+    def _advance(self, ts: Micros) -> list[AlertEvent]:
+        """Before applying an event at `ts`: close the open window if `ts` lies beyond it."""
+        if self.tick <= 0:
+            return []
+        if self._window_end is not None and ts < self._window_end:
+            return []
+        out = self.flush() if self._window_end is not None else []
+        self._window_end = (ts // self.tick + 1) * self.tick
+        return out
+
+    def _touch(self, portfolio_id: str, ts: Micros) -> None:
+        warm_at = self._warming.get(portfolio_id)
+        if warm_at is not None:
+            if self.market_clock < warm_at:
+                return  # restored, and the prices re-read so far are older than its state
+            del self._warming[portfolio_id]
+        self._dirty[portfolio_id] = max(self._dirty.get(portfolio_id, 0), ts)
+
+    def _settle(self) -> list[AlertEvent]:
+        return self.flush() if self.tick <= 0 else []
 
     # -- evaluation --------------------------------------------------------------
 
@@ -167,6 +221,7 @@ class Engine:
         if book is None or policy is None:
             return []
         watch = self.watches.setdefault(portfolio_id, Watch())
+        watch.clock = ts
         valuation = value_book(book, policy.base_currency, self.instruments, self.prices)
         inputs = Inputs(valuation.price_ts, book.last_fill_id)
         out = self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs)

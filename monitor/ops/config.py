@@ -24,12 +24,19 @@ class Settings:
     topic_prefix: str = ""
     partitions: int = 4
     replication_factor: int = 1
+    tick_ms: float = 10.0  # event-time evaluation window (see monitor/engine/engine.py)
+    session_timeout_s: float = 10.0  # consumer-group session: how soon a dead worker's books move
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     log_format: str = "console"  # "console" for a terminal, "json" in production
     log_level: str = "info"
     app_id: str = "drift-monitor"
     data_dir: str = field(default_factory=lambda: os.path.join(os.getcwd(), ".monitor-data"))
+
+    @property
+    def tick(self) -> int:
+        """The evaluation window in event-time microseconds."""
+        return round(self.tick_ms * 1000)
 
     def topic(self, logical: str) -> str:
         """Physical topic name of a logical one."""
@@ -48,6 +55,8 @@ class Settings:
             topic_prefix=env.get("MONITOR_TOPIC_PREFIX", ""),
             partitions=int(env.get("MONITOR_PARTITIONS", cls.partitions)),
             replication_factor=int(env.get("MONITOR_REPLICATION_FACTOR", cls.replication_factor)),
+            tick_ms=float(env.get("MONITOR_TICK_MS", cls.tick_ms)),
+            session_timeout_s=float(env.get("MONITOR_SESSION_TIMEOUT_S", cls.session_timeout_s)),
             metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
             metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
             log_format=env.get("MONITOR_LOG_FORMAT", "console"),

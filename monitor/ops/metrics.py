@@ -28,6 +28,8 @@ BOOK_LARGEST_DRIFT = Gauge("monitor_book_largest_drift", "Drift (actual - target
 BOOK_BAND_USAGE = Gauge("monitor_book_band_usage", "Largest |drift| / band half-width of the book (1.0 = at the edge)",
                         ["portfolio_id"])
 ALERTS_OPEN = Gauge("monitor_alerts_open", "Alerts currently open", ["portfolio_id"])
+GATE_HELD = Gauge("monitor_gate_held_events",
+                  "Prices and book events read but waiting for the other stream to reach their event time")
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
 
 

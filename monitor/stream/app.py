@@ -1,26 +1,34 @@
 """The Faust worker: decode, hand to the engine, encode what it returns, produce.
 
-Two paths, as DESIGN.md lays out:
+Two consumers, as DESIGN.md lays out:
 
 * Book events (positions, fills, policies) are low-rate and must never be lost or
-  double-counted: one Faust agent consumes them (keyed by portfolio_id, so Faust
-  spreads books across workers) and writes each changed book to a changelog-backed
-  table; a restarted or rebalanced worker recovers its books from those tables.
+  double-counted: a Faust agent consumes them (keyed by portfolio_id, so Faust spreads
+  books across workers). Each changed book is written to a changelog-backed table, and
+  a restarted or rebalanced worker recovers its books from those tables.
 * Market data (instruments, risk models, prices) is a broadcast: every worker reads
-  every partition with a plain aiokafka consumer in batches, keeping only the latest
-  price per instrument; nothing of it needs to be durable.
+  every partition with a plain aiokafka consumer in batches; nothing of it needs to
+  be durable.
+
+Events with an event time (fills, snapshots, prices) go through a `Gate` (gate.py)
+that hands them to the engine in event-time order below a watermark, so the live
+worker emits exactly what `monitor replay` emits for the same log. A fill or snapshot
+waiting there is also in an `inbox` table, so nothing read is lost if the worker stops
+before applying it. Events without an event time (policies, instruments, risk models) apply on arrival.
 
 What the engine remembers between evaluations (alert lifecycles, peak NAV) is a third
 table, written whenever an alert event leaves the worker, so a restarted worker goes
 on with the same open alerts instead of opening them again.
 
-Both run on one event loop, so the engine is only ever touched by one coroutine at a time.
+Everything runs on one event loop; `_lock` keeps "apply to the engine, then emit" in
+one piece, so alerts leave in the order the engine produced them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import faust
@@ -29,20 +37,56 @@ from aiokafka import AIOKafkaConsumer
 
 from monitor.engine import AlertEvent, Book, Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
 from monitor.engine.engine import Watch
-from monitor.engine.model import Micros, RiskModel
+from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
 from monitor.stream.codec import dead_letter, decode_event, encode
+from monitor.stream.gate import AHEAD, Gate
 
 log = structlog.get_logger("monitor.worker")
 
 BOOK_TOPICS = ("positions", "fills", "policies")
 MARKET_TOPICS = ("instruments", "risk-models", "prices")
 MARKET_BATCH = 5_000
+MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
 
 
 def now_us() -> Micros:
     return time.time_ns() // 1_000
+
+
+def _timestamp_ms(seconds: float | None) -> int | None:
+    return int(seconds * 1000) if seconds else None
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBookEvent:
+    """A checked fill or snapshot waiting in the gate, with what a dead letter would need."""
+
+    event: Fill | Snapshot
+    topic: str  # logical
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+
+    @property
+    def ts(self) -> Micros:
+        return self.event.ts if isinstance(self.event, Fill) else self.event.as_of
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "key": self.key.decode("utf-8") if self.key is not None else None,
+                "value": self.value.decode("utf-8"), "partition": self.partition, "offset": self.offset,
+                "timestamp_ms": self.timestamp_ms}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "StagedBookEvent":
+        value = d["value"].encode("utf-8")
+        event = decode_event(d["topic"], value, f"inbox:{d['topic']}[{d['partition']}]@{d['offset']}")
+        assert isinstance(event, (Fill, Snapshot))
+        key = d["key"].encode("utf-8") if d["key"] is not None else None
+        return cls(event, d["topic"], key, value, d["partition"], d["offset"], d["timestamp_ms"])
 
 
 class Worker:
@@ -50,7 +94,7 @@ class Worker:
 
     def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
         self.settings = settings
-        self.engine = engine or Engine()
+        self.engine = engine or Engine(settings.tick)
         self._started = time.monotonic()
         self._first_evaluation = False
         app = faust.App(
@@ -62,77 +106,174 @@ class Worker:
             topic_replication_factor=settings.replication_factor,
             datadir=settings.data_dir,
             consumer_auto_offset_reset="earliest",
+            # A killed worker's partitions move on after this long without heartbeats (Faust's
+            # default is 60 s: a restarted worker would wait that long to get its books back).
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
         )
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS), **raw)
         self.alerts_topic = app.topic(settings.topic("drift-alerts"), **raw)
         self.dlq_topic = app.topic(settings.topic("monitor-dlq"), **raw)
-        # Changelog-backed state, keyed by portfolio_id: a book as Book.to_dict(), a policy as its JSON text.
+        # Changelog-backed state, keyed by portfolio_id (written through `_persist`): a book as
+        # Book.to_dict(), a policy as its JSON text, a Watch as Watch.to_dict(), and the fills and
+        # snapshots read but not yet applied (waiting in the gate) as StagedBookEvent.to_dict().
         self.book_table = app.Table("books", key_type=str, partitions=settings.partitions)
-        self.policy_table = app.Table("policies", key_type=str,
-                                      partitions=settings.partitions)
-        # Written from the price path too (outside any agent), so partitioned by key like the inputs.
-        self.watch_table = app.Table("watches", key_type=str, partitions=settings.partitions, use_partitioner=True)
-        for table in (self.book_table, self.policy_table, self.watch_table):
+        self.policy_table = app.Table("policies", key_type=str, partitions=settings.partitions)
+        self.watch_table = app.Table("watches", key_type=str, partitions=settings.partitions)
+        self.inbox_table = app.Table("inbox", key_type=str, partitions=settings.partitions)
+        for table in (self.book_table, self.policy_table, self.watch_table, self.inbox_table):
             table.on_recover(self._restore)
         self._persisted_peaks: dict[str, float | None] = {}
+
+        self.gate: Gate[Price | StagedBookEvent] = Gate()
+        self._lock = asyncio.Lock()
+        self._recovered = False
+        self._book_topic_names = {settings.topic(t) for t in BOOK_TOPICS}
+        self._book_read: dict[Any, tuple[int, Micros]] = {}  # book partition -> (last offset, newest ts) read
+        self._prices_topic = settings.topic("prices")
+        self._price_read: dict[int, Micros] = {}  # price partition -> newest price ts read
+        self._market_mark: Micros = 0
+
         app.agent(self.book_events, name="book-events")(self._book_agent)
         app.task(self._market_data)
         app.timer(1.0)(self._publish_book_metrics)
+
 
     # -- book events -------------------------------------------------------------------
 
     async def _book_agent(self, stream: Any) -> None:
         async for event in stream.events():
-            await self.on_book_message(event.message)
+            await self.on_book_event(event.message)
 
-    async def on_book_message(self, msg: Any) -> None:
+    async def on_book_event(self, msg: Any) -> None:
+        """Decode and check; a policy applies at once, a fill or snapshot waits in the gate
+        (and in the inbox table, so that it survives a restart before it is applied)."""
         topic = self.settings.logical(msg.topic)
         metrics.EVENTS_CONSUMED.labels(topic).inc()
+        ts: Micros | None = None
         try:
             event = decode_event(topic, msg.value, f"{msg.topic}[{msg.partition}]@{msg.offset}")
-            pid = event.portfolio_id
-            if msg.key is not None and msg.key.decode("utf-8", "replace") != pid:
-                raise Rejected("impossible_value", f"message key {msg.key!r} is not its portfolio_id {pid!r}")
-            alerts = self._apply_book_event(event)
+            if msg.key is not None and msg.key.decode("utf-8", "replace") != event.portfolio_id:
+                raise Rejected("impossible_value",
+                               f"message key {msg.key!r} is not its portfolio_id {event.portfolio_id!r}")
         except Rejected as rejected:
             await self._dead_letter(topic, msg.key, msg.value, msg.partition, msg.offset,
-                                    int(msg.timestamp * 1000) if msg.timestamp else None, rejected)
-            return
-        if isinstance(event, Policy):
-            self.policy_table[pid] = msg.value.decode("utf-8")
-        if pid in self.engine.books:
-            self.book_table[pid] = self.engine.books[pid].to_dict()
-        if isinstance(event, Fill):
-            metrics.EVENT_LAG.labels(topic).observe(max(0.0, (now_us() - event.ts) / 1e6))
-        await self._emit(alerts)
+                                    _timestamp_ms(msg.timestamp), rejected)
+        else:
+            if isinstance(event, Policy):
+                async with self._lock:
+                    await self._persist(self.policy_table, event.portfolio_id, msg.value.decode("utf-8"))
+                    await self._emit(self.engine.on_policy(event))
+            else:
+                staged = StagedBookEvent(event, topic, msg.key, msg.value, msg.partition, msg.offset,
+                                         _timestamp_ms(msg.timestamp))
+                pid = event.portfolio_id
+                await self._persist(self.inbox_table, pid, [*self.inbox_table.get(pid, []), staged.to_dict()])
+                ts = staged.ts
+                self.gate.hold(ts, staged)
+                if isinstance(event, Fill):
+                    metrics.EVENT_LAG.labels(topic).observe(max(0.0, (now_us() - ts) / 1e6))
+        newest = max(ts or 0, self._book_read.get(msg.tp, (0, 0))[1])
+        self._book_read[msg.tp] = (msg.offset, newest)
+        await self._drain()
 
-    def _apply_book_event(self, event: Fill | Snapshot | Policy) -> list[AlertEvent]:
-        if isinstance(event, Fill):
-            return self.engine.on_fill(event)
-        if isinstance(event, Snapshot):
-            return self.engine.on_snapshot(event)
-        return self.engine.on_policy(event)
+    async def _apply_staged(self, staged: StagedBookEvent) -> list[AlertEvent]:
+        """Into the books (or the dead-letter topic), and out of the inbox."""
+        event, pid = staged.event, staged.event.portfolio_id
+        alerts: list[AlertEvent] = []
+        try:
+            alerts = self.engine.on_fill(event) if isinstance(event, Fill) else self.engine.on_snapshot(event)
+            await self._persist(self.book_table, pid, self.engine.books[pid].to_dict())
+        except Rejected as rejected:
+            await self._dead_letter(staged.topic, staged.key, staged.value, staged.partition, staged.offset,
+                                    staged.timestamp_ms, rejected)
+        where = (staged.topic, staged.partition, staged.offset)
+        await self._persist(self.inbox_table, pid, [d for d in self.inbox_table.get(pid, [])
+                                                    if (d["topic"], d["partition"], d["offset"]) != where])
+        return alerts
 
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly the tables' content."""
-        engine = self.engine
-        engine.books.clear()
-        engine.policies.clear()
-        engine.watches.clear()
-        for pid in {*self.book_table.keys(), *self.policy_table.keys(), *self.watch_table.keys()}:
-            text = self.policy_table.get(pid)
-            policy = decode_event("policies", text.encode("utf-8"), f"changelog:{pid}") if text else None
-            assert policy is None or isinstance(policy, Policy)
-            book, watch = self.book_table.get(pid), self.watch_table.get(pid)
-            engine.restore(Book.from_dict(book) if book else None, policy,
-                           Watch.from_dict(watch) if watch else None, pid)
-        alerts: list[AlertEvent] = []
-        for pid in sorted(engine.books):
-            alerts += engine.evaluate(pid, engine.clock.get(pid, 0))
-        log.info("books restored", books=len(engine.books), policies=len(engine.policies))
-        await self._emit(alerts)
+        async with self._lock:
+            engine = self.engine
+            engine.books.clear()
+            engine.policies.clear()
+            engine.watches.clear()
+            # What waited in the gate comes back from the inbox of the books we (still) own.
+            self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
+            self._book_read.clear()
+            for staged_list in self.inbox_table.values():
+                for d in staged_list:
+                    staged = StagedBookEvent.from_dict(d)
+                    self.gate.hold(staged.ts, staged)
+            for pid in {*self.book_table.keys(), *self.policy_table.keys(), *self.watch_table.keys()}:
+                text = self.policy_table.get(pid)
+                policy = decode_event("policies", text.encode("utf-8"), f"changelog:{pid}") if text else None
+                assert policy is None or isinstance(policy, Policy)
+                book, watch = self.book_table.get(pid), self.watch_table.get(pid)
+                engine.restore(Book.from_dict(book) if book else None, policy,
+                               Watch.from_dict(watch) if watch else None, pid)
+            log.info("books restored", books=len(engine.books), policies=len(engine.policies))
+            self._recovered = True
+
+    # -- the watermark -----------------------------------------------------------------
+
+    def _book_mark(self) -> Micros:
+        """The ts below which every book event of this worker's partitions has been read."""
+        if not self._recovered:
+            return 0
+        consumer = self.app.consumer
+        mark = AHEAD
+        for tp in consumer.assignment():
+            if tp.topic in self._book_topic_names and not self._book_caught_up(consumer, tp):
+                mark = min(mark, self._book_read.get(tp, (0, 0))[1])
+        return mark
+
+    def _book_caught_up(self, consumer: Any, tp: Any) -> bool:
+        """Whether every message of a book partition up to its highwater has been read."""
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            return False
+        if highwater == 0:
+            return True
+        read = self._book_read.get(tp)
+        if read is not None:
+            return read[0] + 1 >= highwater
+        # Nothing read in this run: Faust's read offset is the committed offset after its
+        # seek, until the first message is read (faust.transport.consumer.perform_seek).
+        committed = consumer._read_offset.get(tp)
+        return committed is not None and committed >= highwater
+
+    async def _read_market_mark(self, consumer: AIOKafkaConsumer) -> Micros:
+        """The ts below which every price has been read (AHEAD for partitions read to the end)."""
+        mark = AHEAD
+        for tp in consumer.assignment():
+            if tp.topic == self._prices_topic:
+                highwater = consumer.highwater(tp)
+                if highwater is None or await consumer.position(tp) < highwater:
+                    mark = min(mark, self._price_read.get(tp.partition, 0))
+        return mark
+
+    async def _drain(self) -> None:
+        """Apply what the gate releases, in event-time order; emit the alerts in that order."""
+        async with self._lock:
+            watermark = min(self._market_mark, self._book_mark())
+            alerts: list[AlertEvent] = []
+            prices: list[Price] = []
+            for item in self.gate.release(watermark):
+                if isinstance(item, Price):
+                    prices.append(item)
+                    continue
+                alerts += self._apply_prices(prices)
+                prices = []
+                alerts += await self._apply_staged(item)
+            alerts += self._apply_prices(prices)
+            if watermark == AHEAD and not len(self.gate):  # both streams read to the end
+                self.engine.end_warmup()
+                alerts += self.engine.flush()
+            await self._emit(alerts)
 
     # -- market data -------------------------------------------------------------------
 
@@ -150,17 +291,21 @@ class Worker:
                  seconds_since_start=round(time.monotonic() - self._started, 3))
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=100, max_records=MARKET_BATCH)
-                if batch:
-                    records = [r for part in batch.values() for r in part]
+                if len(self.gate) < MAX_HELD:
+                    batch = await consumer.getmany(timeout_ms=20, max_records=MARKET_BATCH)
+                else:  # the book stream is behind: let it catch up before reading more prices
+                    batch = {}
+                    await asyncio.sleep(0.01)
+                records = [r for part in batch.values() for r in part]
+                if records:
                     await self.on_market_records(records)
+                self._market_mark = await self._read_market_mark(consumer)
+                await self._drain()
         finally:
             await consumer.stop()
 
     async def on_market_records(self, records: Iterable[Any]) -> None:
-        """One batch: reference data first (prices in the same batch may need it), then prices."""
-        prices: list[Price] = []
-        alerts: list[AlertEvent] = []
+        """One batch: reference data goes to the engine at once, prices to the gate."""
         now = now_us()
         by_topic: dict[str, list[Any]] = {t: [] for t in MARKET_TOPICS}
         for r in records:
@@ -174,17 +319,35 @@ class Worker:
                 except Rejected as rejected:
                     await self._dead_letter(topic, r.key, r.value, r.partition, r.offset, r.timestamp, rejected)
                     continue
-                if isinstance(event, Instrument):
-                    alerts += self.engine.on_instrument(event)
-                elif isinstance(event, RiskModel):
-                    alerts += self.engine.on_risk_model(event)
-                else:
-                    prices.append(event)
+                if isinstance(event, Price):
+                    self.gate.hold(event.ts, event)
+                    self._price_read[r.partition] = max(self._price_read.get(r.partition, 0), event.ts)
                     metrics.EVENT_LAG.labels(topic).observe(max(0.0, (now - event.ts) / 1e6))
-        if prices:
-            with metrics.EVALUATION_SECONDS.time():
-                alerts += self.engine.on_prices(prices)
-        await self._emit(alerts)
+                    continue
+                async with self._lock:
+                    alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
+                              else self.engine.on_risk_model(event))
+                    await self._emit(alerts)
+
+    def _apply_prices(self, prices: list[Price]) -> list[AlertEvent]:
+        if not prices:
+            return []
+        with metrics.EVALUATION_SECONDS.time():
+            return self.engine.on_prices(prices)
+
+    # -- state -------------------------------------------------------------------------
+
+    @staticmethod
+    async def _persist(table: Any, key: str, value: Any) -> None:
+        """Set a table key and write its changelog record, awaiting the send.
+
+        `table[key] = value` would hand the record to Faust's producer buffer, which stops
+        draining under the write rate of the gate (faust-streaming 0.15: the buffer stays
+        over its limit and the conductor stops feeding the agent). The record is the same:
+        keyed by portfolio_id, partitioned like the input topics by the default partitioner.
+        """
+        table.data[key] = value
+        await table.changelog_topic.send(key=key, value=value, force=True)
 
     # -- output --------------------------------------------------------------------------
 
@@ -194,17 +357,20 @@ class Worker:
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         now = now_us()
         for alert in alerts:
-            await self.alerts_topic.send(key=alert.portfolio_id.encode(), value=encode(alert.to_message(now)))
+            # force: not held back until the Faust event being processed is acked (Faust's
+            # "attachments"), so alerts leave in the order the engine produced them.
+            await self.alerts_topic.send(key=alert.portfolio_id.encode(), value=encode(alert.to_message(now)),
+                                         force=True)
             metrics.ALERTS_EMITTED.labels(alert.severity, alert.state).inc()
             log.info("drift alert", alert_id=alert.alert_id, summary=alert.summary())
         for pid in sorted({a.portfolio_id for a in alerts}):
-            self._persist_watch(pid)
+            await self._persist_watch(pid)
 
-    def _persist_watch(self, pid: str) -> None:
+    async def _persist_watch(self, pid: str) -> None:
         watch = self.engine.watches.get(pid)
         if watch is not None:
-            self.watch_table[pid] = watch.to_dict()
             self._persisted_peaks[pid] = watch.peak_nav
+            await self._persist(self.watch_table, pid, watch.to_dict())
 
     async def _dead_letter(self, topic: str, key: bytes | None, value: bytes | None, partition: int,
                            offset: int, timestamp_ms: int | None, rejected: Rejected) -> None:
@@ -213,16 +379,17 @@ class Worker:
                     reason_code=rejected.code, reason=rejected.reason)
         record = dead_letter(value, key, self.settings.topic(topic), partition, offset, timestamp_ms,
                              rejected, now_us())
-        await self.dlq_topic.send(key=key, value=record)
+        await self.dlq_topic.send(key=key, value=record, force=True)
 
     async def _publish_book_metrics(self) -> None:
         """Once a second: book gauges, and the peak NAVs that moved (drawdown survives a restart)."""
         for pid, status in list(self.engine.status.items()):
             metrics.publish_book(pid, status)
         metrics.HELD_FILLS.set(self.engine.held_fills())
+        metrics.GATE_HELD.set(len(self.gate))
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted_peaks.get(pid) != watch.peak_nav:
-                self._persist_watch(pid)
+                await self._persist_watch(pid)
 
 
 def run(settings: Settings) -> None:

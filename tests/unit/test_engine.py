@@ -249,3 +249,21 @@ def test_incremental_book_equals_recomputation_whatever_the_redeliveries(raw_fil
         expected_cash += (-1 if f.side == "BUY" else 1) * f.quantity * f.price * instruments[f.instrument_id].multiplier
     assert {k: v for k, v in expected_pos.items() if v != 0} == pytest.approx(book.positions)
     assert book.cash.get("USD", 0.0) == pytest.approx(expected_cash, rel=1e-9, abs=1e-6)
+
+
+def test_a_restored_book_is_not_judged_on_prices_older_than_its_state():
+    """After a restart the prices are re-read from the topic: history must not re-open or resolve."""
+    live = two_asset_engine()
+    [opened] = live.on_prices([Price("A", 12.5, T0 + 2 * SEC)])
+    restarted = Engine()
+    restarted.on_instrument(inst("A"))
+    restarted.on_instrument(inst("B"))
+    restarted.restore(Book.from_dict(live.books["B1"].to_dict()), live.policies["B1"],
+                      type(live.watches["B1"]).from_dict(live.watches["B1"].to_dict()), "B1")
+    # The price history again, from the start: inside the band at T0, then the move.
+    assert restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)]) == []
+    assert restarted.on_prices([Price("A", 12.5, T0 + 2 * SEC)]) == []
+    restarted.end_warmup()
+    assert restarted.flush() == []  # same state, same time: nothing new
+    [resolved] = restarted.on_prices([Price("A", 10.0, T0 + 3 * SEC)])
+    assert (resolved.state, resolved.alert_id) == ("RESOLVED", opened.alert_id)

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from monitor.cli import main
 from monitor.contract import validate
+from monitor.engine import Engine
 from monitor.replay import Replay, write_alerts
 from monitor.simulate import MarketConfig, write_jsonl
 
@@ -60,3 +61,15 @@ def test_replay_cli_reports_bad_lines_and_goes_on(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 rejected" in result.output and "line 101: schema_violation" in result.output
     assert out_good.read_bytes() == out_broken.read_bytes()
+
+
+def test_alerts_do_not_depend_on_how_prices_are_batched(tmp_path):
+    """With event-time windows, batches of 1 and of 5,000 prices give the same alert sequence."""
+    lines = _log(tmp_path, ticks=12_000).read_bytes().splitlines()
+    runs = []
+    for batch in (1, 7, 5_000):
+        out = io.BytesIO()
+        write_alerts(Replay(Engine(tick=10_000), batch=batch).run(lines), out)
+        runs.append(out.getvalue())
+    assert runs[0].count(b"\n") > 20
+    assert runs[0] == runs[1] == runs[2]

@@ -1,0 +1,48 @@
+"""The event-time gate between the worker's two consumers.
+
+Book events (a Faust agent) and prices (a broadcast consumer) arrive on separate
+consumers, each in event-time order per partition but in no order with respect to
+each other, nor across partitions. The engine evaluates per window of event time, so
+it needs every event of a window before the window closes. The gate holds what both
+consumers have read and releases it in event-time order, below a watermark: the least,
+over every input partition, of the newest event time read from it. A partition read
+to its end holds nothing back (`AHEAD`).
+
+Per partition, events must come in event-time order (each producer writes its own
+keys in order); that is the one assumption.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Callable, Generic, TypeVar
+
+from monitor.engine.model import Micros
+
+AHEAD: Micros = 2**62  # "read to the end": holds nothing back
+T = TypeVar("T")
+
+
+class Gate(Generic[T]):
+    def __init__(self) -> None:
+        self._held: list[tuple[Micros, int, T]] = []
+        self._seq = itertools.count()  # ties leave in the order they came
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, ts: Micros, item: T) -> None:
+        heapq.heappush(self._held, (ts, next(self._seq), item))
+
+    def release(self, watermark: Micros) -> list[T]:
+        """Everything held with an event time below the watermark, oldest first."""
+        out: list[T] = []
+        while self._held and self._held[0][0] < watermark:
+            out.append(heapq.heappop(self._held)[2])
+        return out
+
+    def drop(self, unwanted: Callable[[T], bool]) -> None:
+        """Forget held items (e.g. book events of partitions this worker no longer owns)."""
+        self._held = [h for h in self._held if not unwanted(h[2])]
+        heapq.heapify(self._held)
