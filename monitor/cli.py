@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from monitor.engine.policy import PolicyError
 from monitor.ops.config import Settings
 
 
@@ -42,6 +45,67 @@ def broker() -> None:
     from monitor.ops.broker import main as broker_main
 
     broker_main()
+
+
+@main.group()
+def policy() -> None:
+    """Policy files: check them, publish them to the policies topic."""
+
+
+@policy.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def policy_check(files: tuple[Path, ...]) -> None:
+    """Validate policy YAML files as the worker would; exit 1 if any is refused."""
+    from monitor.ops.policy_files import load_policy_file
+
+    refused = 0
+    for path in files:
+        try:
+            _, parsed = load_policy_file(path)
+        except PolicyError as e:
+            refused += 1
+            click.echo(f"refused {e}", err=True)
+            continue
+        click.echo(f"ok {path}: {parsed.portfolio_id} version {parsed.version}, {len(parsed.limits)} limits")
+    if refused:
+        raise SystemExit(1)
+
+
+@policy.command("publish")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--bootstrap", "bootstrap_servers", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]")
+@click.option("--topic-prefix", help="[env MONITOR_TOPIC_PREFIX]")
+def policy_publish(files: tuple[Path, ...], **flags: object) -> None:
+    """Validate policy files, then send each to the policies topic keyed by its portfolio_id.
+
+    Nothing is sent unless every file is valid.
+    """
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    from monitor.ops.policy_files import load_policy_file
+
+    try:
+        docs = [load_policy_file(path)[0] for path in files]
+    except PolicyError as e:
+        raise click.ClickException(f"refused {e}; nothing was published") from None
+    settings = _settings(**flags)
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for doc in docs:
+                await producer.send_and_wait(settings.topic("policies"), orjson.dumps(doc),
+                                             key=doc["portfolio_id"].encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    for doc in docs:
+        click.echo(f"published {doc['portfolio_id']} version {doc['version']} to {settings.topic('policies')}")
 
 
 from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside what they run)

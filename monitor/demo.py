@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import os
 import signal
 import socket
@@ -136,6 +137,7 @@ def demo_command(seconds: float | None, books: int, instruments: int, workdir: P
     from monitor.ops.logging import configure
 
     configure("console", "warning")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # leader elections of just-created topics
     summary = run_demo(seconds or None, books, instruments, workdir)
     click.echo("-" * 72)
     click.echo(summary.render(books))
