@@ -76,6 +76,17 @@ def test_bucket_and_leverage_metrics():
     assert got == pytest.approx([400 / 730, 800 / 730, 600 / 730, -200 / 730, 1100 / 730, 700 / 730])
 
 
+def test_factor_exposure_is_weight_times_loading():
+    instruments = {"A": Instrument("A", "USD", "equity", 1.0, {}, factors={"market": 1.2, "value": -0.5}),
+                   "B": Instrument("B", "USD", "equity", 1.0, {}, factors={"market": 0.8})}
+    # MV A 600, B -200, cash 600: NAV 1000; market = 0.6*1.2 + (-0.2)*0.8 = 0.56; value = 0.6*-0.5 = -0.30
+    v = value_book(Book("B1", positions={"A": 60, "B": -20}, cash={"USD": 600}), "USD", instruments,
+                   {"A": (10.0, 1), "B": (10.0, 1)})
+    pol = policy([{"metric": "exposure", "factor": f, "target": 0, "band": {"width": 1}}
+                  for f in ("market", "value", "momentum")])
+    assert [measure(lim, v, instruments)[0] for lim in pol.limits] == pytest.approx([0.56, -0.30, 0.0])
+
+
 def test_non_positive_nav_makes_weights_unavailable():
     instruments = {"A": inst("A")}
     v = value_book(Book("B1", positions={"A": 10}, cash={"USD": -1_000}), "USD", instruments, {"A": (10.0, 1)})
