@@ -137,7 +137,7 @@ class AlertEvent:
 
     def summary(self) -> str:
         head = f"{self.state} {self.severity} {self.portfolio_id} {self.limit_id}"
-        if self.kind != "LIMIT":
+        if self.kind != "LIMIT" or self.actual is None:
             return f"{head}: {self.reason}"
         f = _fmt(self.metric)
         assert self.actual is not None and self.target is not None and self.band is not None

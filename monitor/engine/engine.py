@@ -140,14 +140,28 @@ class Engine:
         return out + self._settle()
 
     def on_policy(self, policy: Policy) -> list[AlertEvent]:
-        """A new policy version takes effect at once; lifecycles of limits it keeps go on."""
-        self.policies[policy.portfolio_id] = policy
-        watch = self.watches.setdefault(policy.portfolio_id, Watch())
+        """A new policy version takes effect at once; lifecycles of limits it keeps go on, and an
+        open alert on a limit it drops is resolved, saying so."""
+        pid = policy.portfolio_id
+        previous = self.policies.get(pid)
+        self.policies[pid] = policy
+        watch = self.watches.setdefault(pid, Watch())
         kept = {lim.limit_id for lim in policy.limits}
+        out: list[AlertEvent] = []
+        old_limits = {lim.limit_id: lim for lim in previous.limits} if previous else {}
         for limit_id in [k for k in watch.limits if k not in kept]:
-            del watch.limits[limit_id]
-        self._touch(policy.portfolio_id, self.clock.get(policy.portfolio_id, 0))
-        return self._settle()
+            state = watch.limits.pop(limit_id)
+            old = old_limits.get(limit_id)
+            if state.alert_id is not None and old is not None:
+                ts = self.clock.get(pid, 0)
+                book = self.books.get(pid)
+                out.append(AlertEvent(
+                    state.alert_id, "RESOLVED", "LIMIT", pid, limit_id, old.metric, None, old.target,
+                    old.band.bounds(old.target), state.severity or "BREACH", policy.version, ts,
+                    state.opened_ts or ts, Inputs(None, book.last_fill_id if book else None),
+                    old.dimension, old.bucket, reason=f"limit removed by policy version {policy.version}"))
+        self._touch(pid, self.clock.get(pid, 0))
+        return out + self._settle()
 
     def on_risk_model(self, model: RiskModel) -> list[AlertEvent]:
         self.risk_models[model.model_id] = model

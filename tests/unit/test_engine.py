@@ -278,3 +278,13 @@ def test_a_restored_book_is_not_judged_on_prices_older_than_its_state():
     assert restarted.flush() == []  # same state, same time: nothing new
     [resolved] = restarted.on_prices([Price("A", 10.0, T0 + 3 * SEC)])
     assert (resolved.state, resolved.alert_id) == ("RESOLVED", opened.alert_id)
+
+
+def test_an_open_alert_on_a_limit_the_new_policy_drops_is_resolved_saying_so():
+    e = two_asset_engine()
+    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+    [resolved] = e.on_policy(policy([weight_limit("B", 0.35, 0.05)], version=2))  # B: 400/1150, inside
+    assert (resolved.state, resolved.alert_id, resolved.policy_version) == ("RESOLVED", opened.alert_id, 2)
+    assert resolved.actual is None and resolved.reason == "limit removed by policy version 2"
+    from monitor.contract import validate
+    validate("drift-alerts", resolved.to_message(T0))
