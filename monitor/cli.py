@@ -108,10 +108,12 @@ def policy_publish(files: tuple[Path, ...], **flags: object) -> None:
         click.echo(f"published {doc['portfolio_id']} version {doc['version']} to {settings.topic('policies')}")
 
 
+from monitor.bench import bench_command  # noqa: E402
 from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside what they run)
 from monitor.replay import replay_command  # noqa: E402
 from monitor.simulate import simulate_command  # noqa: E402
 
 main.add_command(simulate_command)
 main.add_command(replay_command)
+main.add_command(bench_command)
 main.add_command(demo_command)

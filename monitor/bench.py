@@ -1,0 +1,361 @@
+"""`monitor bench`: what the monitor costs, against the Python client's own limit.
+
+On a real broker, in one run: preload the topics with a seeded market, then drain the
+same price topic with (a) a raw aiokafka consumer decoding every message into a dict,
+(b) a naive Faust agent writing every price to a Table, (c) the monitor worker with the
+full engine; then measure event-to-alert latency at a steady produce rate. Each
+consumer runs in its own process: events/s from its first record to its last, its
+CPU seconds and peak RSS (the whole process, start-up included). The figures are printed and written as a markdown table to BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.ops.config import Settings
+from monitor.ops.processes import spawn, terminate
+from monitor.simulate import Market, MarketConfig, format_ts
+from monitor.stream.topics import ensure_topics
+
+
+@dataclass
+class Drain:
+    """One consumer's run over the preloaded prices."""
+
+    name: str
+    events: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- the consumers (each runs as `python -m monitor.bench CLIENT ...`) -------------------
+
+
+async def _raw_drain(bootstrap: str, topic: str, count: int) -> tuple[int, float]:
+    """The Python client's limit: getmany + orjson into a dict, nothing else."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    n, began = 0, None
+    try:
+        while n < count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            if began is None and batch:
+                began = time.perf_counter()
+            for records in batch.values():
+                for r in records:
+                    orjson.loads(r.value)
+                n += len(records)
+    finally:
+        await consumer.stop()
+    return n, time.perf_counter() - (began or time.perf_counter())
+
+
+def _naive_faust(bootstrap: str, topic: str, count: int, cap_seconds: float, partitions: int) -> None:
+    """A per-event Faust agent that writes each price to a changelog-backed Table."""
+    import faust
+
+    app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
+                    web_enabled=False, consumer_auto_offset_reset="earliest")
+    prices = app.topic(topic, value_serializer="raw", key_serializer="raw")
+    table = app.Table("latest-price", key_type=str, partitions=partitions)  # co-partitioned with the prices
+    state = {"n": 0, "began": 0.0}
+
+    @app.agent(prices)
+    async def latest(stream):  # type: ignore[no-untyped-def]
+        async for value in stream:
+            if state["n"] == 0:
+                state["began"] = time.perf_counter()
+            doc = orjson.loads(value)
+            table[doc["instrument_id"]] = doc["price"]
+            state["n"] += 1
+            if state["n"] >= count or time.perf_counter() - state["began"] > cap_seconds:
+                result = {"events": state["n"], "seconds": time.perf_counter() - state["began"], **_own_usage()}
+                os.write(1, orjson.dumps(result) + b"\n")  # fd 1: Faust redirects print() into its logs
+                os._exit(0)
+
+    faust.Worker(app, loglevel="ERROR", quiet=True).execute_from_commandline()
+
+
+def _own_usage() -> dict[str, float]:
+    """This process's CPU seconds and peak RSS (MB), for a client's result line."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def _measure(name: str, argv: list[str], timeout: float) -> Drain:
+    """Run a client process and read its result line."""
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    lines = [line[line.index("{"):] for line in done.stdout.splitlines() if "{" in line]  # after Faust's tty codes
+    if done.returncode != 0 or not lines:
+        raise click.ClickException(f"{name} failed ({done.returncode}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    r = orjson.loads(lines[-1])
+    return Drain(name, r["events"], r["seconds"], r["cpu_seconds"], r["peak_rss_mb"])
+
+
+# -- the harness -----------------------------------------------------------------------
+
+
+async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tuple[int, int, float]:
+    """Reference data, then `prices` price ticks and the fills between them; (prices, fills, seconds)."""
+    market = Market(config)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20,
+                                max_batch_size=512 * 1024, acks=1)
+    await producer.start()
+    began = time.perf_counter()
+    n_prices = n_fills = 0
+    try:
+        pending = []
+        for event in market.reference_events():
+            pending.append(await producer.send(settings.topic(event.topic), orjson.dumps(event.value),
+                                               key=event.key.encode()))
+        await asyncio.gather(*pending)
+        for event in market.ticks():
+            if event.topic == "prices":
+                if n_prices >= prices:
+                    break
+                n_prices += 1
+            else:
+                n_fills += 1
+            await producer.send(settings.topic(event.topic), orjson.dumps(event.value), key=event.key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return n_prices, n_fills, time.perf_counter() - began
+
+
+def _scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "monitor_events_consumed_total":
+                out[s.labels["topic"]] = s.value
+            elif s.name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+                out[s.name] = s.value
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drain, subprocess.Popen[bytes]]:
+    """Start a worker on the preloaded topics; time it from its first price to its last."""
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+           "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
+           "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
+           "MONITOR_LOG_LEVEL": "warning"}
+    proc = spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    first = last = None
+    seen = 0.0
+    cpu_at_first = 0.0
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the worker exited: see {workdir / 'bench-worker.log'}")
+        try:
+            m = _scrape(url)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        seen = m.get("prices", 0.0)
+        if seen > 0 and first is None:
+            first, cpu_at_first = time.perf_counter(), m.get("process_cpu_seconds_total", 0.0)
+        if seen >= prices:
+            last = time.perf_counter()
+            cpu = m.get("process_cpu_seconds_total", 0.0) - cpu_at_first
+            break
+        time.sleep(0.05)
+    else:
+        raise click.ClickException(f"the worker consumed {seen:.0f} of {prices} prices in 30 minutes")
+    assert first is not None and last is not None
+    return Drain("monitor (full engine)", prices, last - first, cpu, _peak_rss_mb(proc.pid)), proc
+
+
+async def _latency(settings: Settings, config: MarketConfig, rate: float, seconds: float) -> list[float]:
+    """Produce live prices at `rate`/s (ts = now) for `seconds`; event ts to alert readable, in ms."""
+    market = Market(replace(config, seed=config.seed + 1, start=datetime.now(timezone.utc)))
+    ticks = (e for e in market.ticks() if e.topic == "prices")
+    consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
+                                group_id=None, auto_offset_reset="latest")
+    await consumer.start()
+    await consumer.seek_to_end()
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=1, acks=1)
+    await producer.start()
+    latencies: list[float] = []
+    produced_until = time.time()
+
+    async def read_alerts() -> None:
+        while True:
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time()
+            for records in batch.values():
+                for r in records:
+                    alert = orjson.loads(r.value)
+                    if alert["event_ts"] and alert["inputs"]["price_ts"]:
+                        event = datetime.fromisoformat(alert["event_ts"]).timestamp()
+                        if event >= produced_until - seconds - 1:
+                            latencies.append((now - event) * 1000)
+
+    reader = asyncio.create_task(read_alerts())
+    try:
+        began = time.time()
+        sent = 0
+        while time.time() - began < seconds:
+            due = int((time.time() - began) * rate)
+            while sent < due:
+                event = next(ticks)
+                value = {**event.value, "ts": format_ts(datetime.now(timezone.utc))}
+                await producer.send(settings.topic("prices"), orjson.dumps(value), key=event.key.encode())
+                sent += 1
+            await asyncio.sleep(0.001)
+        produced_until = time.time()
+        await producer.flush()
+        await asyncio.sleep(2.0)  # the last alerts
+    finally:
+        reader.cancel()
+        await producer.stop()
+        await consumer.stop()
+    return latencies
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _report(args: dict, drains: list[Drain], latencies: list[float], kafka: str, preload: tuple) -> str:
+    raw, naive, monitor = drains
+    lines = [
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args['books']} books x {args['instruments']} "
+        f"instruments, {preload[0]:,} prices, {preload[1]:,} fills",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; Kafka {kafka} (single-node KRaft, loopback).  ",
+        f"Command: `monitor bench {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in args.items())}`  ",
+        f"Preload: {preload[0] + preload[1]:,} messages in {preload[2]:.1f} s.",
+        "",
+        "| consumer | events | seconds | events/s | CPU s | peak RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in drains:
+        lines.append(f"| {d.name} | {d.events:,} | {d.seconds:.3f} | {d.rate:,.0f} | {d.cpu_seconds:.1f} | "
+                     f"{d.peak_rss_mb:,.0f} |")
+    lines += [
+        "",
+        f"monitor / raw = {monitor.rate / raw.rate:.2f} (target >= 0.5); "
+        f"monitor / naive Faust = {monitor.rate / naive.rate:.1f} (target >= 10).",
+        "",
+        f"Latency, event ts to alert readable on drift-alerts, at {args['latency_rate']:,.0f} prices/s for "
+        f"{args['latency_seconds']:.0f} s ({len(latencies):,} alerts): p50 {_percentile(latencies, 0.5):.1f} ms, "
+        f"p99 {_percentile(latencies, 0.99):.1f} ms, p99.9 {_percentile(latencies, 0.999):.1f} ms "
+        f"(targets: p99 <= 50 ms, p99.9 <= 200 ms).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("bench")
+@click.option("--books", type=int, default=50, show_default=True)
+@click.option("--instruments", type=int, default=2_000, show_default=True)
+@click.option("--prices", type=int, default=2_000_000, show_default=True, help="Prices to preload and drain")
+@click.option("--naive-seconds", type=float, default=60.0, show_default=True,
+              help="Cap on the naive Faust agent's run (it is slow)")
+@click.option("--latency-rate", type=float, default=20_000.0, show_default=True, help="Prices/s for the latency run")
+@click.option("--latency-seconds", type=float, default=60.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True,
+              help="Markdown file the results are appended to")
+def bench_command(books: int, instruments: int, prices: int, naive_seconds: float, latency_rate: float,
+                  latency_seconds: float, out: Path) -> None:
+    """Drain rate of raw aiokafka, a naive Faust agent and the monitor; event-to-alert latency."""
+    from monitor.ops.broker import kafka_cluster, kafka_version
+    from monitor.ops.logging import configure
+
+    configure("console", "warning")
+    args = {"books": books, "instruments": instruments, "prices": prices, "naive_seconds": naive_seconds,
+            "latency_rate": latency_rate, "latency_seconds": latency_seconds}
+    workdir = Path(".bench")
+    workdir.mkdir(exist_ok=True)
+    with kafka_cluster() as bootstrap:
+        with socket_port() as port:
+            settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
+                                partitions=4, metrics_port=port)
+        config = MarketConfig(books=books, instruments=instruments, seed=42, tick_rate=20_000.0, fill_rate=10.0)
+        asyncio.run(ensure_topics(settings))
+        click.echo(f"preloading {prices:,} prices for {books} books x {instruments} instruments ...")
+        preload = asyncio.run(_preload(settings, config, prices))
+        click.echo(f"  {preload[0]:,} prices, {preload[1]:,} fills in {preload[2]:.1f} s")
+        me = [sys.executable, "-m", "monitor.bench"]
+        topic = settings.topic("prices")
+
+        raw = _measure("raw aiokafka getmany + orjson", [*me, "raw", bootstrap, topic, str(preload[0])], 900)
+        click.echo(f"  raw: {raw.rate:,.0f} events/s")
+        naive = _measure("naive Faust agent, Table write per price",
+                         [*me, "naive", bootstrap, topic, str(preload[0]), str(naive_seconds), str(settings.partitions)],
+                         naive_seconds + 120)
+        click.echo(f"  naive Faust: {naive.rate:,.0f} events/s")
+        monitor, proc = _monitor_drain(settings, preload[0], workdir)
+        click.echo(f"  monitor: {monitor.rate:,.0f} events/s")
+        try:
+            latencies = asyncio.run(_latency(settings, config, latency_rate, latency_seconds))
+        finally:
+            terminate(proc)
+        report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload)
+    click.echo(report)
+    with out.open("a", encoding="utf-8") as f:
+        f.write(report + "\n")
+    click.echo(f"appended to {out}")
+
+
+class socket_port:
+    """A free loopback port (a context manager, so the probe socket is closed before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self._s = socket.socket()
+        self._s.bind(("127.0.0.1", 0))
+        return self._s.getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self._s.close()
+
+
+if __name__ == "__main__":
+    client, bootstrap_servers, price_topic, count = sys.argv[1:5]
+    if client == "raw":
+        n, secs = asyncio.run(_raw_drain(bootstrap_servers, price_topic, int(count)))
+        print(orjson.dumps({"events": n, "seconds": secs, **_own_usage()}).decode(), flush=True)
+    elif client == "naive":
+        _naive_faust(bootstrap_servers, price_topic, int(count), float(sys.argv[5]), int(sys.argv[6]))
+    else:
+        raise SystemExit(f"unknown client {client}")
