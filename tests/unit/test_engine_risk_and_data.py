@@ -212,3 +212,16 @@ def test_incremental_state_equals_recomputation_and_redelivery_changes_nothing(e
     if fresh.ok:
         e.evaluate("B1", e.clock["B1"])
         assert e.status["B1"].nav == pytest.approx(fresh.nav, rel=1e-9, abs=1e-6)
+        # Exposures: a new engine given only the end state (one snapshot, the reference data, the
+        # latest prices) judges every limit to the same figures.
+        scratch = Engine()
+        for instrument in e.instruments.values():
+            scratch.on_instrument(instrument)
+        scratch.on_policy(e.policies["B1"])
+        scratch.on_snapshot(Snapshot("B1", e.clock["B1"], cash, positions))
+        scratch.prices.update(e.prices)
+        scratch.evaluate("B1", e.clock["B1"])
+        got, want = e.status["B1"], scratch.status["B1"]
+        for field in ("nav", "band_usage", "largest_drift"):
+            a, b = getattr(got, field), getattr(want, field)
+            assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12), field
