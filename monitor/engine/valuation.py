@@ -48,10 +48,22 @@ class Valuation:
     unavailable: str | None = None
     # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
     input_ts: Mapping[str, Micros] = field(default_factory=dict)
+    _groups: dict[str, dict[str | None, list[float]]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.unavailable is None
+
+    def in_bucket(self, instruments: Mapping[str, Instrument], dimension: str, bucket: str | None) -> list[float]:
+        """MVs of the holdings in a bucket. Holdings are grouped once per dimension and
+        valuation, so a policy with many bucket limits scans its book once per dimension."""
+        groups = self._groups.get(dimension)
+        if groups is None:
+            groups = {}
+            for iid, value in self.mv.items():
+                groups.setdefault(instruments[iid].attribute(dimension), []).append(value)
+            self._groups[dimension] = groups
+        return groups.get(bucket, [])
 
 
 def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], prices: PriceBook) -> Valuation:
@@ -144,7 +156,7 @@ def measure(
     if metric == "weight":
         return mv.get(limit.instrument or "", 0.0) / nav, None
     if metric in BUCKET_METRICS:
-        values = [v for iid, v in mv.items() if instruments[iid].attribute(limit.dimension or "") == limit.bucket]
+        values = valuation.in_bucket(instruments, limit.dimension or "", limit.bucket)
         if metric == "net_weight":
             total = sum(values)
         elif metric == "gross_weight":
