@@ -17,7 +17,6 @@ import resource
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -26,10 +25,10 @@ from pathlib import Path
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.ops.config import Settings
-from monitor.ops.processes import spawn, terminate
+from monitor.ops.metrics import scrape
+from monitor.ops.processes import free_ports, spawn, terminate
 from monitor.simulate import Market, MarketConfig, format_ts
 from monitor.stream.topics import ensure_topics
 
@@ -145,17 +144,11 @@ async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tup
     return n_prices, n_fills, time.perf_counter() - began
 
 
-def _scrape(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "monitor_events_consumed_total":
-                out[s.labels["topic"]] = s.value
-            elif s.name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
-                out[s.name] = s.value
-    return out
+def _progress(url: str) -> tuple[float, float]:
+    """(prices consumed, CPU seconds) of the worker, from its /metrics."""
+    samples = scrape(url)
+    return (samples.get(("monitor_events_consumed_total", (("topic", "prices"),)), 0.0),
+            samples.get(("process_cpu_seconds_total", ()), 0.0))
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -181,16 +174,15 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
         if proc.poll() is not None:
             raise click.ClickException(f"the worker exited: see {workdir / 'bench-worker.log'}")
         try:
-            m = _scrape(url)
+            seen, cpu_now = _progress(url)
         except OSError:
             time.sleep(0.05)
             continue
-        seen = m.get("prices", 0.0)
         if seen > 0 and first is None:
-            first, cpu_at_first = time.perf_counter(), m.get("process_cpu_seconds_total", 0.0)
+            first, cpu_at_first = time.perf_counter(), cpu_now
         if seen >= prices:
             last = time.perf_counter()
-            cpu = m.get("process_cpu_seconds_total", 0.0) - cpu_at_first
+            cpu = cpu_now - cpu_at_first
             break
         time.sleep(0.05)
     else:
@@ -306,9 +298,8 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
     workdir = Path(".bench")
     workdir.mkdir(exist_ok=True)
     with kafka_cluster() as bootstrap:
-        with socket_port() as port:
-            settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
-                                partitions=4, metrics_port=port)
+        settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
+                            partitions=4, metrics_port=free_ports()[0])
         config = MarketConfig(books=books, instruments=instruments, seed=42, tick_rate=20_000.0, fill_rate=10.0)
         asyncio.run(ensure_topics(settings))
         click.echo(f"preloading {prices:,} prices for {books} books x {instruments} instruments ...")
@@ -334,20 +325,6 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
     with out.open("a", encoding="utf-8") as f:
         f.write(report + "\n")
     click.echo(f"appended to {out}")
-
-
-class socket_port:
-    """A free loopback port (a context manager, so the probe socket is closed before use)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self._s = socket.socket()
-        self._s.bind(("127.0.0.1", 0))
-        return self._s.getsockname()[1]
-
-    def __exit__(self, *exc: object) -> None:
-        self._s.close()
 
 
 if __name__ == "__main__":

@@ -12,20 +12,18 @@ import collections
 import logging
 import os
 import signal
-import socket
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.ops.config import Settings
-from monitor.ops.processes import spawn, terminate
+from monitor.ops.metrics import scrape
+from monitor.ops.processes import free_ports, spawn, terminate
 
 
 @dataclass
@@ -44,21 +42,10 @@ class DemoSummary:
                 f"{' (' + ', '.join(sorted(self.breached_books)) + ')' if self.breached_books else ''}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape_events_consumed(url: str) -> dict[str, float]:
+def events_consumed(url: str) -> dict[str, float]:
     """monitor_events_consumed_total by topic, from the worker's /metrics."""
-    with urllib.request.urlopen(url, timeout=2) as response:
-        text = response.read().decode()
-    return {
-        s.labels["topic"]: s.value
-        for family in text_string_to_metric_families(text) if family.name == "monitor_events_consumed"
-        for s in family.samples if s.name.endswith("_total")
-    }
+    return {dict(labels)["topic"]: value for (name, labels), value in scrape(url).items()
+            if name == "monitor_events_consumed_total"}
 
 
 def alert_line(alert: dict) -> str:
@@ -101,7 +88,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
     with kafka_cluster() as bootstrap:
         prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=2,
-                            metrics_port=_free_port(), data_dir=str(workdir / "worker-data"))
+                            metrics_port=free_ports()[0], data_dir=str(workdir / "worker-data"))
         asyncio.run(ensure_topics(settings))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MONITOR_TOPIC_PREFIX": prefix,
                "MONITOR_PARTITIONS": "2", "MONITOR_METRICS_PORT": str(settings.metrics_port),
@@ -118,7 +105,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
         finally:
             terminate(simulator)
             try:
-                summary.events_in = scrape_events_consumed(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+                summary.events_in = events_consumed(f"http://127.0.0.1:{settings.metrics_port}/metrics")
             except OSError:
                 pass  # the worker is gone already: the summary says none
             terminate(worker)

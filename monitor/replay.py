@@ -25,10 +25,9 @@ import click
 import orjson
 
 from monitor.engine import AlertEvent, Engine, Fill, Instrument, Policy, Price, Rejected, RiskModel, Snapshot
-from monitor.ops.config import Settings
+from monitor.ops.config import INPUT_TOPICS, Settings
 from monitor.stream.codec import event_from_doc
 
-INPUT_TOPICS = ("prices", "fills", "instruments", "positions", "policies", "risk-models")
 
 
 @dataclass

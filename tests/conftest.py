@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,10 +20,10 @@ from typing import Any, Callable, Iterator
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.ops.config import Settings
-from monitor.ops.processes import spawn, terminate
+from monitor.ops.metrics import Sample, scrape
+from monitor.ops.processes import free_ports, spawn, terminate
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,16 +36,10 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     return Settings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"t{uuid.uuid4().hex[:8]}-", partitions=2,
-                    metrics_port=free_port(), data_dir=str(tmp_path / "worker-data"))
+                    metrics_port=free_ports()[0], data_dir=str(tmp_path / "worker-data"))
 
 
 def produce(settings: Settings, messages: list[tuple[str, str | None, Any]]) -> None:
@@ -101,12 +94,9 @@ class WorkerProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
 
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        """Every sample of /metrics, parsed with prometheus_client's own parser."""
-        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
-            text = response.read().decode()
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
+    def metrics(self) -> dict[Sample, float]:
+        """Every sample of the worker's /metrics."""
+        return scrape(self.metrics_url)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

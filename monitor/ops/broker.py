@@ -36,7 +36,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from monitor.ops.processes import spawn, terminate
+from monitor.ops.processes import free_ports, spawn, terminate
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class LocalKafka:
         self._data_dir = Path(tempfile.mkdtemp(prefix=_DATA_DIR_PREFIX))
         self._owner_lock = open(self._data_dir / _OWNER_LOCK, "w")  # noqa: SIM115 (held until stop)
         fcntl.flock(self._owner_lock, fcntl.LOCK_EX)
-        port, controller_port = _free_ports(2)
+        port, controller_port = free_ports(2)
         self._port = self._wanted_port or port
         props = self._data_dir / "server.properties"
         props.write_text(self._server_properties(controller_port))
@@ -365,15 +365,6 @@ def _remove_orphaned_data_dirs(min_age: float = 60) -> None:
                 shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that are free now (all held open until all are picked)."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
 def _cluster_id() -> str:
     """A new KRaft cluster id, as `kafka-storage random-uuid` prints it (without a JVM)."""
     while True:  # Kafka rejects ids that would read as an option
@@ -434,7 +425,7 @@ def _kafka_container() -> Iterator[str]:
     from testcontainers.core.container import DockerContainer
     from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     container = DockerContainer(f"apache/kafka:{kafka_version()}").with_bind_ports(9092, port)
     host = container.get_docker_client().host()
     config = {

@@ -6,7 +6,10 @@ deploy/ use them); change them only with those.
 
 from __future__ import annotations
 
+import urllib.request
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.engine import BookStatus
 
@@ -45,3 +48,14 @@ def publish_book(portfolio_id: str, status: BookStatus) -> None:
 def serve(host: str, port: int) -> None:
     """Serve /metrics over HTTP from a daemon thread."""
     start_http_server(port, addr=host)
+
+
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+def scrape(url: str, timeout: float = 5.0) -> dict[Sample, float]:
+    """Every sample a /metrics endpoint serves, read with prometheus_client's own parser."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

@@ -1,4 +1,5 @@
-"""Child processes that never outlive us: the broker, the worker, the simulator.
+"""Child processes that never outlive us (the broker, the worker, the simulator), and
+the loopback ports they listen on.
 
 Each child gets its own process group (so a stop reaches its children too) and, on
 Linux, PR_SET_PDEATHSIG, so the kernel kills it if we are killed with -9.
@@ -11,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from functools import partial
@@ -37,11 +39,10 @@ def spawn(
     *,
     env: Mapping[str, str] | None = None,
     log_path: Path | None = None,
-    stdout: int | IO[bytes] | None = None,
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, tied to our life; output to `log_path` if given."""
-    out: int | IO[bytes] | None = stdout
+    out: IO[bytes] | None = None
     if log_path is not None:
         out = open(log_path, "ab")  # noqa: SIM115 (the child owns it; closed when we close ours below)
     try:
@@ -56,7 +57,7 @@ def spawn(
             preexec_fn=partial(_die_with_parent, os.getpid()) if _libc is not None else None,
         )
     finally:
-        if log_path is not None and out is not None and not isinstance(out, int):
+        if out is not None:
             out.close()
 
 
@@ -75,3 +76,12 @@ def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
             proc.kill()  # in case it is not (or no longer) its group's leader
         proc.wait()
     return proc.returncode
+
+
+def free_ports(count: int = 1) -> list[int]:
+    """Distinct loopback ports that are free now (all held open until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
