@@ -69,6 +69,19 @@ class Inputs:
 
 
 @dataclass(frozen=True, slots=True)
+class Attribution:
+    """Where a limit's drift came from since it was last inside its band, in the metric's units:
+    from_prices + from_fills = actual now - actual at `since_ts`."""
+
+    since_ts: Micros
+    from_prices: float
+    from_fills: float
+
+    def to_message(self) -> dict[str, Any]:
+        return {"since_ts": format_ts(self.since_ts), "from_prices": self.from_prices, "from_fills": self.from_fills}
+
+
+@dataclass(frozen=True, slots=True)
 class AlertEvent:
     """One lifecycle event of an alert on a limit (kind LIMIT) or on the book itself
     (DATA_STALE, NAV_NON_POSITIVE)."""
@@ -91,6 +104,7 @@ class AlertEvent:
     bucket: str | None = None
     reason: str | None = None
     stale_instruments: tuple[str, ...] = ()
+    attribution: Attribution | None = None
 
     @property
     def drift(self) -> float | None:
@@ -125,6 +139,7 @@ class AlertEvent:
             "target": self.target,
             "band": {"lower": self.band[0], "upper": self.band[1]} if self.band else None,
             "drift": self.drift,
+            "attribution": self.attribution.to_message() if self.attribution else None,
             "severity": self.severity,
             "policy_version": self.policy_version,
             "event_ts": format_ts(self.event_ts),

@@ -18,7 +18,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 # Instrument fields that are not attributes to bucket by.
 _NON_ATTRIBUTES = frozenset(
-    {"instrument_id", "multiplier", "adv", "spread_bps", "daily_vol", "factors", "schema_version"}
+    {"instrument_id", "multiplier", "adv", "spread_bps", "daily_vol", "lot_size", "factors", "schema_version"}
 )
 
 
@@ -67,6 +67,7 @@ class Instrument:
     spread_bps: float | None = None
     daily_vol: float | None = None
     factors: Mapping[str, float] = field(default_factory=dict)
+    lot_size: float = 1.0  # trading unit: proposed quantities are whole multiples of it
 
     @classmethod
     def from_message(cls, m: Mapping[str, Any]) -> "Instrument":
@@ -81,6 +82,7 @@ class Instrument:
             spread_bps=m.get("spread_bps"),
             daily_vol=m.get("daily_vol"),
             factors={k: _finite(f"factors.{k}", v) for k, v in (m.get("factors") or {}).items()},
+            lot_size=_finite("lot_size", m.get("lot_size", 1.0)),
         )
 
     def attribute(self, dimension: str) -> str | None:

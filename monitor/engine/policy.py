@@ -7,7 +7,7 @@ cannot express and turns the document into frozen values the engine evaluates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from monitor.engine.model import Micros
@@ -78,6 +78,45 @@ class Evaluation:
 
 
 @dataclass(frozen=True, slots=True)
+class Approval:
+    """When a proposal needs a human; None thresholds never require one."""
+
+    notional_above: float | None = None
+    cost_above: float | None = None
+    severity: str | None = None  # an alert at this severity or above behind the proposal
+    ttl: Micros = 300_000_000  # event time a PENDING_APPROVAL signal waits before it EXPIRES
+
+
+@dataclass(frozen=True, slots=True)
+class RebalancePolicy:
+    """How a book's proposals are made (the policy's `rebalance` section; see the policies schema)."""
+
+    mode: str = "targeted"  # targeted | global | hybrid
+    trade_to: str = "edge"  # edge | inner | target (targeted proposals; global ones go to target)
+    inner_fraction: float = 0.5  # inner rail: this fraction of the way from the band edge to the target
+    min_severity: str = "BREACH"
+    schedule: Micros | None = None  # period of the scheduled global check, in event time
+    max_participation: float = 0.1  # of ADV, per instrument and proposal
+    min_notional: float = 0.0  # base currency
+    without_adv_cap_notional: float | None = None  # None: skip instruments without ADV
+    impact_coefficient: float = 1.0
+    factor_hedges: Mapping[str, str] = field(default_factory=dict)  # factor -> instrument
+    bucket_hedges: Mapping[str, str] = field(default_factory=dict)  # bucket limit id -> instrument
+    drift_value: float | None = None  # base currency per unit of drift removed, any limit
+    drift_value_by_limit: Mapping[str, float] = field(default_factory=dict)
+    approval: Approval | None = None  # None: every proposal is AUTO_APPROVED
+
+    @property
+    def gated(self) -> bool:
+        """Whether the cost-benefit gate applies (the policy values drift)."""
+        return self.drift_value is not None or bool(self.drift_value_by_limit)
+
+    def value_of(self, limit_id: str) -> float:
+        """Base currency per unit of drift removed on a limit (0 when the policy gives none)."""
+        return self.drift_value_by_limit.get(limit_id, self.drift_value or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     portfolio_id: str
     version: int
@@ -85,6 +124,10 @@ class Policy:
     evaluation: Evaluation
     limits: tuple[Limit, ...]
     risk_model: str | None = None  # model_id for risk_contribution limits; None: the only one there is
+    rebalance: RebalancePolicy | None = None  # None: alerts only, no rebalance signals
+
+    def limit(self, limit_id: str) -> Limit | None:
+        return next((lim for lim in self.limits if lim.limit_id == limit_id), None)
 
 
 def default_limit_id(doc: Mapping[str, Any]) -> str:
@@ -147,5 +190,40 @@ def parse_policy(doc: Mapping[str, Any], source: str) -> Policy:
             bucket=ld.get("bucket"),
             factor=ld.get("factor"),
         ))
+    rebalance = _rebalance(doc["rebalance"], {lim.limit_id for lim in limits}, source) \
+        if "rebalance" in doc else None
     return Policy(doc["portfolio_id"], int(doc["version"]), doc["base_currency"], evaluation, tuple(limits),
-                  doc.get("risk_model"))
+                  doc.get("risk_model"), rebalance)
+
+
+def _seconds(value: float) -> Micros:
+    return round(float(value) * 1_000_000)
+
+
+def _rebalance(doc: Mapping[str, Any], limit_ids: set[str], source: str) -> RebalancePolicy:
+    """The `rebalance` section: the schema checked shapes; here, references to limits."""
+    for key in ("bucket_hedges", "drift_value_by_limit"):
+        for limit_id in doc.get(key, {}):
+            if limit_id not in limit_ids:
+                raise PolicyError(source, f"/rebalance/{key}/{limit_id}", "names no limit of this policy")
+    ad = doc.get("approval")
+    approval = None if ad is None else Approval(
+        notional_above=ad.get("notional_above"), cost_above=ad.get("cost_above"), severity=ad.get("severity"),
+        ttl=_seconds(ad.get("ttl_seconds", 300)))
+    return RebalancePolicy(
+        mode=doc.get("mode", "targeted"),
+        trade_to=doc.get("trade_to", "edge"),
+        inner_fraction=float(doc.get("inner_fraction", 0.5)),
+        min_severity=doc.get("min_severity", "BREACH"),
+        schedule=_seconds(doc["schedule_seconds"]) if "schedule_seconds" in doc else None,
+        max_participation=float(doc.get("max_participation", 0.1)),
+        min_notional=float(doc.get("min_notional", 0.0)),
+        without_adv_cap_notional=(float(doc["without_adv_cap_notional"])
+                                  if doc.get("without_adv", "skip") == "cap" else None),
+        impact_coefficient=float(doc.get("impact_coefficient", 1.0)),
+        factor_hedges=dict(doc.get("factor_hedges", {})),
+        bucket_hedges=dict(doc.get("bucket_hedges", {})),
+        drift_value=doc.get("drift_value"),
+        drift_value_by_limit=dict(doc.get("drift_value_by_limit", {})),
+        approval=approval,
+    )
