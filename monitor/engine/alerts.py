@@ -34,10 +34,33 @@ class LimitState:
     alert_id: str | None = None  # set while an alert is open
     opened_ts: Micros | None = None
     severity: str | None = None  # severity of the open alert
+    # Drift attribution: the last value measured, when it was last inside its band, and how much
+    # it has moved since then through prices and through fills.
+    last_actual: float | None = None
+    inside_ts: Micros | None = None
+    from_prices: float = 0.0
+    from_fills: float = 0.0
+
+    def attribute(self, actual: float, held_actual: float | None, inside: bool, ts: Micros) -> None:
+        """Split the move since the last evaluation: `held_actual` is the metric at today's prices
+        with the positions held before this window's fills (None: no fills in the window)."""
+        if inside:
+            self.inside_ts, self.from_prices, self.from_fills = ts, 0.0, 0.0
+        elif self.last_actual is not None and self.inside_ts is not None:
+            at_old_positions = actual if held_actual is None else held_actual
+            self.from_prices += at_old_positions - self.last_actual
+            self.from_fills += actual - at_old_positions
+        self.last_actual = actual
+
+    def attribution(self) -> "Attribution | None":
+        if self.inside_ts is None:
+            return None  # never seen inside its band: there is no "since"
+        return Attribution(self.inside_ts, self.from_prices, self.from_fills)
 
     def to_dict(self) -> dict[str, Any]:
         return {"breach_since": self.breach_since, "alert_id": self.alert_id, "opened_ts": self.opened_ts,
-                "severity": self.severity}
+                "severity": self.severity, "last_actual": self.last_actual, "inside_ts": self.inside_ts,
+                "from_prices": self.from_prices, "from_fills": self.from_fills}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LimitState":

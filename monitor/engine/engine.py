@@ -15,14 +15,19 @@ With `tick=0` every call evaluates at once (what the unit tests use).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, step
 from monitor.engine.book import Book
 from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
-from monitor.engine.policy import Policy
+from monitor.engine.policy import SEVERITIES, Policy
+from monitor.engine.rebalance import propose
+from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
 from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
+
+Event = AlertEvent | SignalEvent
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 STALE_SWEEP: Micros = 1_000_000  # how often (in market event time) books are checked for stale prices
 STALE_LIMIT_ID = "book:stale_prices"
@@ -50,18 +55,21 @@ class Watch:
     nav: LimitState = field(default_factory=LimitState)
     peak_nav: float | None = None
     clock: Micros = 0  # event time of the last evaluation: the state is as of then
+    signals: SignalLedger = field(default_factory=SignalLedger)
 
     def open_alerts(self) -> int:
         return sum(1 for s in (*self.limits.values(), self.stale, self.nav) if s.alert_id is not None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
-                "nav": self.nav.to_dict(), "peak_nav": self.peak_nav, "clock": self.clock}
+                "nav": self.nav.to_dict(), "peak_nav": self.peak_nav, "clock": self.clock,
+                "signals": self.signals.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Watch":
         return cls({k: LimitState.from_dict(v) for k, v in d["limits"].items()},
-                   LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"], d["clock"])
+                   LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"], d["clock"],
+                   SignalLedger.from_dict(d.get("signals")))
 
 
 class Engine:
@@ -81,15 +89,19 @@ class Engine:
         self.market_clock: Micros = 0  # newest price ts seen
         self._next_sweep: Micros = 0
         self.status: dict[str, BookStatus] = {}
+        # Positions and cash of books before the fills of the open window, to split drift into
+        # what prices did and what fills did (attribution).
+        self._before_fills: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
 
     # -- inputs ------------------------------------------------------------------
 
-    def on_instrument(self, instrument: Instrument) -> list[AlertEvent]:
+    def on_instrument(self, instrument: Instrument) -> list[Event]:
         """Reference data; applies fills that were held for this instrument."""
         self.instruments[instrument.instrument_id] = instrument
         for pid in sorted(self.books):
             book = self.books[pid]
             if any(f.instrument_id == instrument.instrument_id for f in book.held.values()):
+                self._keep_positions(book)
                 applied = book.release(instrument)
                 if applied:
                     self.holders.setdefault(instrument.instrument_id, set()).add(pid)
@@ -98,9 +110,9 @@ class Engine:
             self._touch(pid, self.clock.get(pid, 0))
         return self._settle()
 
-    def on_prices(self, prices: Iterable[Price]) -> list[AlertEvent]:
+    def on_prices(self, prices: Iterable[Price]) -> list[Event]:
         """A batch of prices: keep the latest per instrument, re-evaluate the books they touch."""
-        out: list[AlertEvent] = []
+        out: list[Event] = []
         for p in prices:
             out += self._advance(p.ts)
             current = self.prices.get(p.instrument_id)
@@ -113,7 +125,7 @@ class Engine:
                     self._touch(pid, p.ts)
         return out + self._settle()
 
-    def on_fill(self, fill: Fill) -> list[AlertEvent]:
+    def on_fill(self, fill: Fill) -> list[Event]:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
         out = self._advance(fill.ts)
@@ -122,24 +134,26 @@ class Engine:
         if instrument is None:
             book.hold(fill)
             return out
+        self._keep_positions(book)
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
         self._touch(fill.portfolio_id, fill.ts)
         return out + self._settle()
 
-    def on_snapshot(self, snapshot: Snapshot) -> list[AlertEvent]:
+    def on_snapshot(self, snapshot: Snapshot) -> list[Event]:
         book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
         if book.as_of is not None and snapshot.as_of < book.as_of:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
         out = self._advance(snapshot.as_of)
+        self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
         self._index(book)
         self._touch(snapshot.portfolio_id, snapshot.as_of)
         return out + self._settle()
 
-    def on_policy(self, policy: Policy) -> list[AlertEvent]:
+    def on_policy(self, policy: Policy) -> list[Event]:
         """A new policy version takes effect at once; lifecycles of limits it keeps go on, and an
         open alert on a limit it drops is resolved, saying so."""
         pid = policy.portfolio_id
@@ -147,7 +161,7 @@ class Engine:
         self.policies[pid] = policy
         watch = self.watches.setdefault(pid, Watch())
         kept = {lim.limit_id for lim in policy.limits}
-        out: list[AlertEvent] = []
+        out: list[Event] = []
         old_limits = {lim.limit_id: lim for lim in previous.limits} if previous else {}
         for limit_id in [k for k in watch.limits if k not in kept]:
             state = watch.limits.pop(limit_id)
@@ -163,12 +177,20 @@ class Engine:
         self._touch(pid, self.clock.get(pid, 0))
         return out + self._settle()
 
-    def on_risk_model(self, model: RiskModel) -> list[AlertEvent]:
+    def on_risk_model(self, model: RiskModel) -> list[Event]:
         self.risk_models[model.model_id] = model
         for pid in self.policies:
             if any(lim.metric == "risk_contribution" for lim in self.policies[pid].limits):
                 self._touch(pid, self.clock.get(pid, 0))
         return self._settle()
+
+    def on_decision(self, decision: Decision) -> list[Event]:
+        """An approver's answer to a pending signal; refused (Rejected) for no pending signal."""
+        watch = self.watches.get(decision.portfolio_id)
+        if watch is None:
+            raise Rejected("unknown_signal", f"no signal {decision.signal_id}: book {decision.portfolio_id} "
+                                             f"has no signals")
+        return [watch.signals.decide(decision)]
 
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
@@ -188,14 +210,16 @@ class Engine:
 
     # -- event-time windows ------------------------------------------------------
 
-    def flush(self) -> list[AlertEvent]:
+    def flush(self) -> list[Event]:
         """Evaluate every book touched since the last evaluation (closes the open window)."""
         dirty, self._dirty = self._dirty, {}
-        out: list[AlertEvent] = []
+        out: list[Event] = []
         for pid in sorted(dirty):
             out += self.evaluate(pid, dirty[pid])
         if self.market_clock >= self._next_sweep:
             out += self._sweep_stale(exclude=dirty)
+            for pid in sorted(self.watches):  # pending signals expire even while their book is quiet
+                out += self.watches[pid].signals.expire(self.market_clock)
         return out
 
     def end_warmup(self) -> None:
@@ -204,7 +228,7 @@ class Engine:
             self._dirty[pid] = max(self._dirty.get(pid, 0), clock)
         self._warming.clear()
 
-    def _advance(self, ts: Micros) -> list[AlertEvent]:
+    def _advance(self, ts: Micros) -> list[Event]:
         """Before applying an event at `ts`: close the open window if `ts` lies beyond it."""
         if self.tick <= 0:
             return []
@@ -222,12 +246,12 @@ class Engine:
             del self._warming[portfolio_id]
         self._dirty[portfolio_id] = max(self._dirty.get(portfolio_id, 0), ts)
 
-    def _settle(self) -> list[AlertEvent]:
+    def _settle(self) -> list[Event]:
         return self.flush() if self.tick <= 0 else []
 
     # -- evaluation --------------------------------------------------------------
 
-    def evaluate(self, portfolio_id: str, ts: Micros) -> list[AlertEvent]:
+    def evaluate(self, portfolio_id: str, ts: Micros) -> list[Event]:
         """Value the book, judge its data, measure every limit, advance each lifecycle."""
         ts = max(ts, self.clock.get(portfolio_id, 0))
         self.clock[portfolio_id] = ts
@@ -238,12 +262,19 @@ class Engine:
         watch.clock = ts
         valuation = value_book(book, policy.base_currency, self.instruments, self.prices)
         inputs = Inputs(valuation.price_ts, book.last_fill_id)
-        out = self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs)
+        out: list[Event] = list(self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs))
         if valuation.ok and valuation.nav is not None and valuation.nav > 0:
             watch.peak_nav = max(watch.peak_nav or 0.0, valuation.nav)
-        risk = self._risk(policy, valuation) if any(l.metric == "risk_contribution" for l in policy.limits) else None
+        uses_risk = any(lim.metric == "risk_contribution" for lim in policy.limits)
+        risk = self._risk(policy, valuation) if uses_risk else None
+        # The same book before this window's fills, at today's prices: what prices alone did.
+        before = self._before_fills.pop(portfolio_id, None)
+        held = value_book(Book(portfolio_id, positions=before[0], cash=before[1]), policy.base_currency,
+                          self.instruments, self.prices) if before else None
+        held_risk = self._risk(policy, held) if held is not None and uses_risk else None
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
         worst: tuple[float, float] | None = None  # (usage, drift)
+        triggered = False
         for limit in policy.limits:
             actual, _why = measure(limit, valuation, self.instruments, watch.peak_nav, risk)
             if actual is None:
@@ -252,11 +283,16 @@ class Engine:
             usage = limit.band.usage(drift)
             if worst is None or usage > worst[0]:
                 worst = (usage, drift)
+            state = watch.limits.setdefault(limit.limit_id, LimitState())
+            held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
+            state.attribute(actual, held_actual, usage <= 1.0, ts)
             if judging:  # a metric on stale prices neither opens nor resolves
-                state = watch.limits.setdefault(limit.limit_id, LimitState())
                 event = step(state, portfolio_id, limit, policy.evaluation, policy.version, actual, ts, inputs)
                 if event is not None:
-                    out.append(event)
+                    out.append(replace(event, attribution=state.attribution()))
+                    triggered |= self._triggers(policy, event)
+        if policy.rebalance is not None and judging and valuation.ok and (valuation.nav or 0.0) > 0:
+            out += self._rebalance(policy, book, valuation, watch, ts, triggered)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
             largest_drift=worst[1] if worst else None,
@@ -268,9 +304,9 @@ class Engine:
         return out
 
     def _judge_data(self, pid: str, policy: Policy, watch: Watch, valuation: Valuation, ts: Micros,
-                    inputs: Inputs) -> list[AlertEvent]:
+                    inputs: Inputs) -> list[Event]:
         """The book's data conditions: prices older than the policy allows, NAV <= 0."""
-        out: list[AlertEvent] = []
+        out: list[Event] = []
         max_age = policy.evaluation.stale_price
         stale = tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
         oldest = max((ts - valuation.input_ts[iid] for iid in stale), default=0) / 1e6
@@ -301,20 +337,67 @@ class Engine:
         return out
 
     def _risk(self, policy: Policy, valuation: Valuation) -> RiskDecomposition | str:
+        model = self._risk_model(policy)
+        return model if isinstance(model, str) else decompose_risk(valuation, self.instruments, model)
+
+    def _risk_model(self, policy: Policy) -> RiskModel | str:
+        """The policy's risk model, or why there is none."""
         if policy.risk_model is not None:
             model = self.risk_models.get(policy.risk_model)
-            if model is None:
-                return f"risk model {policy.risk_model} not received yet"
-        elif len(self.risk_models) == 1:
-            model = next(iter(self.risk_models.values()))
-        else:
-            return f"policy names no risk model and {len(self.risk_models)} are known"
-        return decompose_risk(valuation, self.instruments, model)
+            return model if model is not None else f"risk model {policy.risk_model} not received yet"
+        if len(self.risk_models) == 1:
+            return next(iter(self.risk_models.values()))
+        return f"policy names no risk model and {len(self.risk_models)} are known"
 
-    def _sweep_stale(self, exclude: dict[str, Micros]) -> list[AlertEvent]:
+    # -- rebalance signals -----------------------------------------------------------
+
+    @staticmethod
+    def _triggers(policy: Policy, event: AlertEvent) -> bool:
+        """An alert that opens or escalates at the policy's min_severity asks for a proposal."""
+        rb = policy.rebalance
+        return (rb is not None and event.state in ("OPEN", "ESCALATED")
+                and _RANK[event.severity] >= _RANK[rb.min_severity])
+
+    def _rebalance(self, policy: Policy, book: Book, valuation: Valuation, watch: Watch, ts: Micros,
+                   triggered: bool) -> list[Event]:
+        """Expire, settle, and propose: on an alert that asks for it, or on the global schedule."""
+        rb = policy.rebalance
+        assert rb is not None
+        ledger = watch.signals
+        out: list[Event] = list(ledger.expire(ts))
+        open_states = {lid: st for lid, st in watch.limits.items() if st.alert_id is not None}
+        ledger.settle(set(open_states))
+        due = False
+        if rb.schedule is not None:
+            due = ledger.next_check is not None and ts >= ledger.next_check
+            if ledger.next_check is None or due:
+                ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
+        all_ids = [lim.limit_id for lim in policy.limits]
+        if triggered and rb.mode == "global":
+            trigger, mode, ids = "alert", "global", all_ids
+        elif triggered:
+            trigger, mode = "alert", "targeted"
+            ids = [lid for lid in all_ids if lid in open_states
+                   and _RANK[open_states[lid].severity or "BREACH"] >= _RANK[rb.min_severity]]
+        elif due:
+            trigger, mode, ids = "schedule", "global", all_ids
+        else:
+            return out
+        model = self._risk_model(policy)
+        proposal = propose(policy, ids, mode == "global", book, valuation, self.instruments, self.prices,
+                           watch.peak_nav, None if isinstance(model, str) else model)
+        if trigger == "schedule" and not any(t.quantity > 0 for t in proposal.trades):
+            return out  # the scheduled check found nothing to do
+        behind = [open_states[lid] for lid in ids if lid in open_states]
+        attribution = {lid: st.attribution() for lid, st in watch.limits.items()}
+        body = signal_body(policy, proposal, trigger, mode, [st.alert_id for st in behind if st.alert_id],
+                           attribution, ts)
+        return out + ledger.propose(body, proposal, [st.severity or "BREACH" for st in behind], rb, ts)
+
+    def _sweep_stale(self, exclude: dict[str, Micros]) -> list[Event]:
         """Prices of a book may stop while the market goes on: check every book in market time."""
         self._next_sweep = self.market_clock + STALE_SWEEP
-        out: list[AlertEvent] = []
+        out: list[Event] = []
         for pid in sorted(self.status):
             policy, status = self.policies.get(pid), self.status[pid]
             if pid in exclude or policy is None or status.oldest_input_ts is None:
@@ -326,6 +409,11 @@ class Engine:
         return out
 
     # -- indexes -------------------------------------------------------------------
+
+    def _keep_positions(self, book: Book) -> None:
+        """Before the first change of a book's positions in a window: remember what it held."""
+        if book.portfolio_id not in self._before_fills:
+            self._before_fills[book.portfolio_id] = (dict(book.positions), dict(book.cash))
 
     def _index(self, book: Book) -> None:
         for iid in book.positions:

@@ -206,12 +206,17 @@ def _rebalance(doc: Mapping[str, Any], limit_ids: set[str], source: str) -> Reba
         for limit_id in doc.get(key, {}):
             if limit_id not in limit_ids:
                 raise PolicyError(source, f"/rebalance/{key}/{limit_id}", "names no limit of this policy")
+    mode, scheduled = doc.get("mode", "targeted"), "schedule_seconds" in doc
+    if mode == "targeted" and scheduled:
+        raise PolicyError(source, "/rebalance/schedule_seconds", "a scheduled global check needs mode global or hybrid")
+    if mode == "hybrid" and not scheduled:
+        raise PolicyError(source, "/rebalance/schedule_seconds", "mode hybrid needs a schedule for its global checks")
     ad = doc.get("approval")
     approval = None if ad is None else Approval(
         notional_above=ad.get("notional_above"), cost_above=ad.get("cost_above"), severity=ad.get("severity"),
         ttl=_seconds(ad.get("ttl_seconds", 300)))
     return RebalancePolicy(
-        mode=doc.get("mode", "targeted"),
+        mode=mode,
         trade_to=doc.get("trade_to", "edge"),
         inner_fraction=float(doc.get("inner_fraction", 0.5)),
         min_severity=doc.get("min_severity", "BREACH"),

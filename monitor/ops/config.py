@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 # Logical topic names, in the order of the contract.
-INPUT_TOPICS = ("prices", "fills", "instruments", "positions", "policies", "risk-models")
+INPUT_TOPICS = ("prices", "fills", "instruments", "positions", "policies", "risk-models", "approvals")
 OUTPUT_TOPICS = ("drift-alerts", "rebalance-signals", "monitor-dlq")
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
 # Latest-value topics: only the newest record per key matters.

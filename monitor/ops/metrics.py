@@ -17,6 +17,7 @@ EVENTS_CONSUMED = Counter("monitor_events_consumed", "Input messages consumed, b
 DLQ_MESSAGES = Counter("monitor_dlq_messages", "Messages sent to the dead-letter topic, by source topic and reason",
                        ["topic", "reason"])
 ALERTS_EMITTED = Counter("monitor_alerts_emitted", "Drift-alert lifecycle events emitted", ["severity", "state"])
+SIGNALS_EMITTED = Counter("monitor_signals_emitted", "Rebalance-signal lifecycle events emitted", ["state"])
 EVENT_LAG = Histogram(
     "monitor_event_lag_seconds", "Wall time at processing minus the event's own ts", ["topic"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),

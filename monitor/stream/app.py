@@ -2,7 +2,7 @@
 
 Two consumers, as DESIGN.md lays out:
 
-* Book events (positions, fills, policies) are low-rate and must never be lost or
+* Book events (positions, fills, policies, approvals) are low-rate and must never be lost or
   double-counted: a Faust agent consumes them (keyed by portfolio_id, so Faust spreads
   books across workers). Each changed book is written to a changelog-backed table, and
   a restarted or rebalanced worker recovers its books from those tables.
@@ -14,14 +14,15 @@ Events with an event time (fills, snapshots, prices) go through a `Gate` (gate.p
 that hands them to the engine in event-time order below a watermark, so the live
 worker emits exactly what `monitor replay` emits for the same log. A fill or snapshot
 waiting there is also in an `inbox` table, so nothing read is lost if the worker stops
-before applying it. Events without an event time (policies, instruments, risk models) apply on arrival.
+before applying it. Events without an event time (policies, approvals, instruments, risk
+models) apply on arrival.
 
-What the engine remembers between evaluations (alert lifecycles, peak NAV) is a third
-table, written whenever an alert event leaves the worker, so a restarted worker goes
+What the engine remembers between evaluations (alert lifecycles, peak NAV, the book's
+rebalance signals) is a third table, written whenever an alert or signal event leaves the worker, so a restarted worker goes
 on with the same open alerts instead of opening them again.
 
 Everything runs on one event loop; `_lock` keeps "apply to the engine, then emit" in
-one piece, so alerts leave in the order the engine produced them.
+one piece, so alerts and signals leave in the order the engine produced them.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import structlog
 from aiokafka import AIOKafkaConsumer
 
 from monitor.engine import AlertEvent, Book, Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
-from monitor.engine.engine import Watch
+from monitor.engine.engine import Event, Watch
+from monitor.engine.signals import Decision
 from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
@@ -45,7 +47,7 @@ from monitor.stream.gate import AHEAD, Gate
 
 log = structlog.get_logger("monitor.worker")
 
-BOOK_TOPICS = ("positions", "fills", "policies")
+BOOK_TOPICS = ("positions", "fills", "policies", "approvals")
 MARKET_TOPICS = ("instruments", "risk-models", "prices")
 MARKET_BATCH = 5_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
@@ -115,6 +117,7 @@ class Worker:
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS), **raw)
         self.alerts_topic = app.topic(settings.topic("drift-alerts"), **raw)
+        self.signals_topic = app.topic(settings.topic("rebalance-signals"), **raw)
         self.dlq_topic = app.topic(settings.topic("monitor-dlq"), **raw)
         # Changelog-backed state, keyed by portfolio_id (written through `_persist`): a book as
         # Book.to_dict(), a policy as its JSON text, a Watch as Watch.to_dict(), and the fills and
@@ -148,8 +151,8 @@ class Worker:
             await self.on_book_event(event.message)
 
     async def on_book_event(self, msg: Any) -> None:
-        """Decode and check; a policy applies at once, a fill or snapshot waits in the gate
-        (and in the inbox table, so that it survives a restart before it is applied)."""
+        """Decode and check; a policy or an approval applies at once, a fill or snapshot waits in
+        the gate (and in the inbox table, so that it survives a restart before it is applied)."""
         topic = self.settings.logical(msg.topic)
         metrics.EVENTS_CONSUMED.labels(topic).inc()
         ts: Micros | None = None
@@ -158,6 +161,9 @@ class Worker:
             if msg.key is not None and msg.key.decode("utf-8", "replace") != event.portfolio_id:
                 raise Rejected("impossible_value",
                                f"message key {msg.key!r} is not its portfolio_id {event.portfolio_id!r}")
+            if isinstance(event, Decision):
+                async with self._lock:
+                    await self._emit(self.engine.on_decision(event))
         except Rejected as rejected:
             await self._dead_letter(topic, msg.key, msg.value, msg.partition, msg.offset,
                                     _timestamp_ms(msg.timestamp), rejected)
@@ -166,7 +172,7 @@ class Worker:
                 async with self._lock:
                     await self._persist(self.policy_table, event.portfolio_id, msg.value.decode("utf-8"))
                     await self._emit(self.engine.on_policy(event))
-            else:
+            elif not isinstance(event, Decision):
                 staged = StagedBookEvent(event, topic, msg.key, msg.value, msg.partition, msg.offset,
                                          _timestamp_ms(msg.timestamp))
                 pid = event.portfolio_id
@@ -179,10 +185,10 @@ class Worker:
         self._book_read[msg.tp] = (msg.offset, newest)
         await self._drain()
 
-    async def _apply_staged(self, staged: StagedBookEvent) -> list[AlertEvent]:
+    async def _apply_staged(self, staged: StagedBookEvent) -> list[Event]:
         """Into the books (or the dead-letter topic), and out of the inbox."""
         event, pid = staged.event, staged.event.portfolio_id
-        alerts: list[AlertEvent] = []
+        alerts: list[Event] = []
         try:
             alerts = self.engine.on_fill(event) if isinstance(event, Fill) else self.engine.on_snapshot(event)
             await self._persist(self.book_table, pid, self.engine.books[pid].to_dict())
@@ -260,7 +266,7 @@ class Worker:
         """Apply what the gate releases, in event-time order; emit the alerts in that order."""
         async with self._lock:
             watermark = min(self._market_mark, self._book_mark())
-            alerts: list[AlertEvent] = []
+            alerts: list[Event] = []
             prices: list[Price] = []
             for item in self.gate.release(watermark):
                 if isinstance(item, Price):
@@ -329,7 +335,7 @@ class Worker:
                               else self.engine.on_risk_model(event))
                     await self._emit(alerts)
 
-    def _apply_prices(self, prices: list[Price]) -> list[AlertEvent]:
+    def _apply_prices(self, prices: list[Price]) -> list[Event]:
         if not prices:
             return []
         with metrics.EVALUATION_SECONDS.time():
@@ -351,19 +357,24 @@ class Worker:
 
     # -- output --------------------------------------------------------------------------
 
-    async def _emit(self, alerts: list[AlertEvent]) -> None:
+    async def _emit(self, events: list[Event]) -> None:
         if not self._first_evaluation and self.engine.status:
             self._first_evaluation = True
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         now = now_us()
-        for alert in alerts:
+        for event in events:
             # force: not held back until the Faust event being processed is acked (Faust's
-            # "attachments"), so alerts leave in the order the engine produced them.
-            await self.alerts_topic.send(key=alert.portfolio_id.encode(), value=encode(alert.to_message(now)),
-                                         force=True)
-            metrics.ALERTS_EMITTED.labels(alert.severity, alert.state).inc()
-            log.info("drift alert", alert_id=alert.alert_id, summary=alert.summary())
-        for pid in sorted({a.portfolio_id for a in alerts}):
+            # "attachments"), so events leave in the order the engine produced them.
+            key, value = event.portfolio_id.encode(), encode(event.to_message(now))
+            if isinstance(event, AlertEvent):
+                await self.alerts_topic.send(key=key, value=value, force=True)
+                metrics.ALERTS_EMITTED.labels(event.severity, event.state).inc()
+                log.info("drift alert", alert_id=event.alert_id, summary=event.summary())
+            else:
+                await self.signals_topic.send(key=key, value=value, force=True)
+                metrics.SIGNALS_EMITTED.labels(event.state).inc()
+                log.info("rebalance signal", signal_id=event.signal_id, summary=event.summary())
+        for pid in sorted({e.portfolio_id for e in events}):
             await self._persist_watch(pid)
 
     async def _persist_watch(self, pid: str) -> None:

@@ -15,8 +15,9 @@ import orjson
 from monitor.contract import ContractError, validate
 from monitor.engine import Fill, Instrument, Policy, PolicyError, Price, Rejected, Snapshot, parse_policy
 from monitor.engine.model import Micros, RiskModel, format_ts
+from monitor.engine.signals import Decision
 
-Event = Instrument | Price | Fill | Snapshot | Policy | RiskModel
+Event = Instrument | Price | Fill | Snapshot | Policy | RiskModel | Decision
 
 _BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "prices": Price.from_message,
@@ -24,6 +25,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
     "instruments": Instrument.from_message,
     "positions": Snapshot.from_message,
     "risk-models": RiskModel.from_message,
+    "approvals": Decision.from_message,
 }
 
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from monitor.cli import main
 from monitor.contract import validate
 from monitor.engine import Engine
-from monitor.replay import Replay, write_alerts
+from monitor.replay import Replay, write_events
 from monitor.simulate import MarketConfig, write_jsonl
 
 
@@ -26,13 +26,15 @@ def test_replay_is_deterministic_and_speaks_the_contract(tmp_path):
     outputs = []
     for _ in range(2):
         out = io.BytesIO()
-        write_alerts(Replay().run(log.read_bytes().splitlines()), out)
+        write_events(Replay().run(log.read_bytes().splitlines()), out)
         outputs.append(out.getvalue())
     assert outputs[0] == outputs[1]
-    alerts = [orjson.loads(line) for line in outputs[0].splitlines()]
+    records = [orjson.loads(line) for line in outputs[0].splitlines()]
+    for record in records:
+        validate(record["topic"], record["value"])
+        assert record["key"] == record["value"]["portfolio_id"]
+    alerts = [r["value"] for r in records if r["topic"] == "drift-alerts"]
     assert any(a["state"] == "OPEN" for a in alerts)
-    for alert in alerts:
-        validate("drift-alerts", alert)
     # Every RESOLVED closes an alert that was OPENed before it, under the same id.
     opened: set[str] = set()
     for alert in alerts:
@@ -69,7 +71,7 @@ def test_alerts_do_not_depend_on_how_prices_are_batched(tmp_path):
     runs = []
     for batch in (1, 7, 5_000):
         out = io.BytesIO()
-        write_alerts(Replay(Engine(tick=10_000), batch=batch).run(lines), out)
+        write_events(Replay(Engine(tick=10_000), batch=batch).run(lines), out)
         runs.append(out.getvalue())
     assert runs[0].count(b"\n") > 20
     assert runs[0] == runs[1] == runs[2]
