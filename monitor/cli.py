@@ -110,6 +110,7 @@ def policy_publish(files: tuple[Path, ...], **flags: object) -> None:
 
 from monitor.bench import bench_command  # noqa: E402
 from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside what they run)
+from monitor.paper import paper_trade_command  # noqa: E402
 from monitor.replay import replay_command  # noqa: E402
 from monitor.simulate import simulate_command  # noqa: E402
 
@@ -117,3 +118,4 @@ main.add_command(simulate_command)
 main.add_command(replay_command)
 main.add_command(bench_command)
 main.add_command(demo_command)
+main.add_command(paper_trade_command)

@@ -1,7 +1,9 @@
 """`monitor demo`: the whole loop on a real broker, in one terminal.
 
 Starts (or reuses) a Kafka broker, the worker and the simulator as separate processes,
-prints every drift alert as one line as it arrives, and a summary at the end. Every
+prints every drift alert and every rebalance signal event as one line as it arrives, and
+a summary at the end. The simulator runs with `--execute`, so approved signals come back
+as paper fills and the loop closes: alert -> signal -> fill -> the book moves back. Every
 process it started is stopped when it ends, however it ends.
 """
 
@@ -24,6 +26,7 @@ from aiokafka import AIOKafkaConsumer
 from monitor.ops.config import Settings
 from monitor.ops.metrics import scrape
 from monitor.ops.processes import free_ports, spawn, terminate
+from monitor.paper import FILL_ID_PREFIX
 
 
 @dataclass
@@ -31,15 +34,22 @@ class DemoSummary:
     alerts_by_state: collections.Counter[str] = field(default_factory=collections.Counter)
     breached_books: set[str] = field(default_factory=set)
     events_in: dict[str, float] = field(default_factory=dict)
+    signals_by_state: collections.Counter[str] = field(default_factory=collections.Counter)
+    paper_fills: set[str] = field(default_factory=set)  # fill ids, so a re-delivery counts once
 
     def render(self, books: int) -> str:
         events = ", ".join(f"{t} {int(n):,}" for t, n in sorted(self.events_in.items()))
-        states = ", ".join(f"{s} {n}" for s, n in sorted(self.alerts_by_state.items()))
         total_in = int(sum(self.events_in.values()))
         return (f"events in: {total_in:,} ({events or 'none'})\n"
-                f"alerts out: {sum(self.alerts_by_state.values())} ({states or 'none'})\n"
+                f"alerts out: {sum(self.alerts_by_state.values())} ({_counts(self.alerts_by_state)})\n"
                 f"books breached: {len(self.breached_books)} of {books}"
-                f"{' (' + ', '.join(sorted(self.breached_books)) + ')' if self.breached_books else ''}")
+                f"{' (' + ', '.join(sorted(self.breached_books)) + ')' if self.breached_books else ''}\n"
+                f"rebalance signals out: {sum(self.signals_by_state.values())} ({_counts(self.signals_by_state)})\n"
+                f"paper fills executed: {len(self.paper_fills)}")
+
+
+def _counts(counter: collections.Counter[str]) -> str:
+    return ", ".join(f"{k} {n}" for k, n in sorted(counter.items())) or "none"
 
 
 def events_consumed(url: str) -> dict[str, float]:
@@ -54,13 +64,25 @@ def alert_line(alert: dict) -> str:
            f"[{alert['portfolio_id']} {alert['limit_id']}]"
 
 
+def signal_line(doc: dict) -> str:
+    """One line per signal state change, its text in the same column as an alert's."""
+    text = doc["message"]
+    if text.startswith(doc["state"]):
+        text = text[len(doc["state"]):].lstrip(" :")
+    if doc["portfolio_id"] not in text:
+        text = f"{text}  [{doc['portfolio_id']}]"
+    return f"{doc['event_ts'][11:23]}  {doc['state']:<20} {text}"
+
+
 async def _watch_alerts(settings: Settings, seconds: float | None, summary: DemoSummary,
                         alive: "callable[[], bool]") -> None:
+    """Print alerts and signals as they arrive; count them, and the paper fills, for the summary."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
+    alerts, signals = settings.topic("drift-alerts"), settings.topic("rebalance-signals")
+    consumer = AIOKafkaConsumer(alerts, signals, settings.topic("fills"), bootstrap_servers=settings.bootstrap_servers,
                                 group_id=None, auto_offset_reset="earliest")
     await consumer.start()
     deadline = time.monotonic() + seconds if seconds else None
@@ -70,11 +92,17 @@ async def _watch_alerts(settings: Settings, seconds: float | None, summary: Demo
                 raise click.ClickException("a demo process stopped early: see the logs in .demo/")
             batch = await consumer.getmany(timeout_ms=200)
             for record in (r for part in batch.values() for r in part):
-                alert = orjson.loads(record.value)
-                summary.alerts_by_state[alert["state"]] += 1
-                if alert["state"] == "OPEN":
-                    summary.breached_books.add(alert["portfolio_id"])
-                click.echo(alert_line(alert))
+                doc = orjson.loads(record.value)
+                if record.topic == alerts:
+                    summary.alerts_by_state[doc["state"]] += 1
+                    if doc["state"] == "OPEN":
+                        summary.breached_books.add(doc["portfolio_id"])
+                    click.echo(alert_line(doc))
+                elif record.topic == signals:
+                    summary.signals_by_state[doc["state"]] += 1
+                    click.echo(signal_line(doc))
+                elif doc.get("fill_id", "").startswith(FILL_ID_PREFIX):
+                    summary.paper_fills.add(doc["fill_id"])
     finally:
         await consumer.stop()
 
@@ -97,7 +125,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
                    f"logs in {workdir}/")
         me = [sys.executable, "-m", "monitor"]
         worker = spawn([*me, "worker"], env=env, log_path=workdir / "worker.log")
-        simulator = spawn([*me, "simulate", "--books", str(books), "--instruments", str(instruments)],
+        simulator = spawn([*me, "simulate", "--execute", "--books", str(books), "--instruments", str(instruments)],
                           env=env, log_path=workdir / "simulator.log")
         try:
             asyncio.run(_watch_alerts(settings, seconds, summary,
@@ -120,7 +148,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
 @click.option("--instruments", type=int, default=50, show_default=True)
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
 def demo_command(seconds: float | None, books: int, instruments: int, workdir: Path) -> None:
-    """Run broker, worker and simulator; print drift alerts as they arrive; summarise at the end."""
+    """Run broker, worker and simulator; print alerts and rebalance signals as they arrive; summarise."""
     from monitor.ops.logging import configure
 
     configure("console", "warning")

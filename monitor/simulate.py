@@ -8,6 +8,9 @@ Two layers, like the rest of the project:
   That makes a simulated session replayable and usable as a test fixture.
 * `run` / `write_jsonl` / `simulate_command` are the shell: they pace the events in wall
   time and produce them to Kafka, or write them as JSON Lines (the replay format).
+  With `--execute` the shell also executes the monitor's approved rebalance signals as
+  paper fills at the simulator's own prices (`monitor.paper`), closing the loop; the
+  `Market` does not know about them (its own fills keep leaning towards the snapshot).
 
 Price model (kept simple on purpose). Every tick the *whole* market moves one step of
 dt = 1/tick_rate simulated seconds, then one instrument, drawn with liquidity weights so
@@ -26,12 +29,13 @@ dispersion, not trend. Futures load on the market factor only; FX rates move on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -77,6 +81,22 @@ DEFAULT_EVALUATION: dict[str, float] = {
     "warn_fraction": 0.8,
     "critical_multiple": 2.0,
 }
+# How the simulated books rebalance (the policy's `rebalance` section): breached limits only,
+# half way back from the edge, at most 5% of ADV per proposal. A proposal above
+# APPROVAL_NAV_FRACTION of the book's NAV waits for a human (in the demo nobody approves: it
+# is superseded or expires after APPROVAL_TTL_SECONDS). Measured in a 30 s demo (seed 7):
+# proposals were 0.2-5.7% of NAV, median 1.8%, so at 10% they all go through at once; in a
+# 90 s demo the first one to wait came after ~45 s (105 auto-approved, 36 pending). At 5% the
+# largest waited at once, its book kept drifting, and ever larger proposals superseded it
+# (33 of 94 signals pending in 40 s): a pending book does not come back by itself.
+DEFAULT_REBALANCE: dict[str, Any] = {
+    "mode": "targeted",
+    "trade_to": "inner",
+    "inner_fraction": 0.5,
+    "max_participation": 0.05,
+}
+APPROVAL_NAV_FRACTION = 0.10
+APPROVAL_TTL_SECONDS = 120.0
 _BLOCK = 1024  # price steps drawn per numpy call; fixed, so the stream never depends on it
 
 
@@ -287,8 +307,10 @@ class Market:
         limits.append({"id": "gross_leverage", "metric": "gross_leverage",
                        "target": sum(abs(v) for v in mv.values()) / nav,
                        "band": {"type": "relative", "width": cfg.leverage_band}})
+        approval = {"notional_above": round(APPROVAL_NAV_FRACTION * nav, -3), "ttl_seconds": APPROVAL_TTL_SECONDS}
         return {"portfolio_id": book.portfolio_id, "version": 1, "base_currency": book.base_currency,
-                "evaluation": dict(cfg.evaluation), "limits": limits}
+                "evaluation": dict(cfg.evaluation), "limits": limits,
+                "rebalance": {**DEFAULT_REBALANCE, "approval": approval}}
 
     def reference_events(self) -> list[Event]:
         """Instruments, policies, start-of-day snapshots, then one price per instrument at `start`."""
@@ -419,12 +441,17 @@ class SimStats:
     counts: Counter[str] = field(default_factory=Counter)
     wall_seconds: float = 0.0
     sim_seconds: float = 0.0
+    executing: bool = False  # whether rebalance signals were executed (`--execute`)
+    signals_executed: int = 0
+    paper_fills: int = 0  # also counted in counts["fills"]
 
     def summary(self) -> str:
         parts = ", ".join(f"{self.counts[t]} {t}" for t in sorted(self.counts))
         rate = sum(self.counts.values()) / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        paper = (f"; executed {self.signals_executed} rebalance signals as {self.paper_fills} paper fills"
+                 if self.executing else "")
         return (f"simulate: {parts or 'nothing'}; {self.sim_seconds:.1f} s simulated "
-                f"in {self.wall_seconds:.1f} s ({rate:,.0f} msg/s)")
+                f"in {self.wall_seconds:.1f} s ({rate:,.0f} msg/s){paper}")
 
 
 def encode_line(event: Event) -> bytes:
@@ -464,17 +491,18 @@ def write_jsonl(config: MarketConfig, path: str | Path, n_ticks: int) -> SimStat
 
 
 async def run(settings: Settings, config: MarketConfig, duration: float | None,
-              realtime: bool = True, stop: asyncio.Event | None = None) -> SimStats:
+              realtime: bool = True, stop: asyncio.Event | None = None, execute: bool = False) -> SimStats:
     """Produce the simulated session to Kafka until `duration` wall seconds pass or `stop` is set.
 
     Reference events go first and are flushed; then ticks are paced so that simulated time
     keeps up with wall time (sent in batches every ~10 ms), or sent flat out when not
-    `realtime`.
+    `realtime`. With `execute`, rebalance signals that arrive while it runs are executed
+    as paper fills at the simulator's own current prices and clock (`monitor.paper`).
     """
     from aiokafka import AIOKafkaProducer
 
     await ensure_topics(settings)
-    market, stats = Market(config), SimStats()
+    market, stats = Market(config), SimStats(executing=execute)
     loop = asyncio.get_running_loop()
     failures: list[BaseException] = []
 
@@ -485,6 +513,7 @@ async def run(settings: Settings, config: MarketConfig, duration: float | None,
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5, acks="all")
     await producer.start()
     opened = began = loop.time()
+    paper: _PaperShell | None = None
 
     async def send(offset: float, event: Event) -> None:
         if failures:
@@ -494,14 +523,22 @@ async def run(settings: Settings, config: MarketConfig, duration: float | None,
         future.add_done_callback(on_delivery)
         stats.counts[event.topic] += 1
         stats.sim_seconds = offset
+        if paper is not None and event.topic == "prices":
+            paper.on_price(event.value)
 
     def done(elapsed: float) -> bool:
+        if paper is not None:
+            paper.check()
         return (duration is not None and elapsed >= duration) or (stop is not None and stop.is_set())
 
     try:
+        if execute:
+            paper = await _PaperShell.start(settings)
         for event in market.reference_events():
             await send(0.0, event)
         await producer.flush()
+        if paper is not None:
+            paper.begin(send, stats)
         began = loop.time()
         ticks = market.timed_ticks()
         offset, event = next(ticks)
@@ -520,13 +557,87 @@ async def run(settings: Settings, config: MarketConfig, duration: float | None,
                     await send(offset, event)
                     offset, event = next(ticks)
                 await asyncio.sleep(0)
+        if paper is not None:
+            await paper.close()
         await producer.flush()
         if failures:
             raise failures[0]
     finally:
         stats.wall_seconds = loop.time() - opened
+        if paper is not None:
+            await paper.close()
         await producer.stop()
     return stats
+
+
+class _PaperShell:
+    """`--execute`: a PaperTrader on the simulator's own prices, fed signals by a consumer.
+
+    It runs as a task in the simulator's event loop and produces its fills through the
+    simulator's `send`, so paper fills are ordered with the simulated ones, and stamped
+    with the simulated clock.
+    """
+
+    def __init__(self, consumer: Any) -> None:
+        from monitor.engine.model import parse_ts as parse_micros
+        from monitor.paper import PaperTrader
+
+        self._consumer, self._micros = consumer, parse_micros
+        self.trader = PaperTrader()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> "_PaperShell":
+        """Subscribe from the current end: only signals about this session are executed."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(settings.topic("rebalance-signals"), bootstrap_servers=settings.bootstrap_servers,
+                                    group_id=None, auto_offset_reset="latest", enable_auto_commit=False)
+        await consumer.start()
+        await consumer.seek_to_end()  # positioned before the session's first event is produced
+        return cls(consumer)
+
+    def on_price(self, value: dict[str, Any]) -> None:
+        self.trader.on_price(value["instrument_id"], value["price"], self._micros(value["ts"]))
+
+    def begin(self, send: Callable[[float, Event], Awaitable[None]], stats: SimStats) -> None:
+        """Start executing signals; fills go out through `send` at the current simulated offset."""
+        from monitor.paper import decode_signal, log_execution
+
+        async def execute() -> None:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=100)
+                for record in (r for part in batch.values() for r in part):
+                    doc = decode_signal(record.value)
+                    fills = self.trader.on_signal(doc) if doc is not None else []
+                    if not fills or doc is None:
+                        continue
+                    for fill in fills:
+                        await send(stats.sim_seconds, Event("fills", fill["portfolio_id"], fill))
+                    stats.signals_executed += 1
+                    stats.paper_fills += len(fills)
+                    log_execution(doc, fills)
+
+        self._task = asyncio.get_running_loop().create_task(execute(), name="paper-trader")
+
+    def check(self) -> None:
+        """Raise (once) what made the execution task fail, in the simulator's main loop."""
+        task = self._task
+        if task is not None and task.done():
+            self._task = None
+            if not task.cancelled():
+                task.result()
+
+    async def close(self) -> None:
+        """Stop executing (idempotent); the fills already sent are flushed by the caller."""
+        try:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self.check()
+        finally:
+            await self._consumer.stop()
 
 
 def _parse_start(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime | None:
@@ -561,13 +672,17 @@ def _parse_start(_ctx: click.Context, _param: click.Parameter, value: str | None
               help="Write the events as JSON Lines (replay format) to this file instead of Kafka.")
 @click.option("--ticks", type=click.IntRange(min=0), default=None,
               help="With --jsonl: number of price ticks to write [default: 10000].")
+@click.option("--execute", is_flag=True,
+              help="Also execute approved rebalance signals as paper fills at the simulator's current prices.")
 def simulate_command(bootstrap: str | None, topic_prefix: str | None, partitions: int | None, books: int,
                      instruments: int, seed: int, tick_rate: float, fill_rate: float, vol_scale: float,
                      duration: float | None, start: datetime | None, fast: bool, jsonl_path: str | None,
-                     ticks: int | None) -> None:
+                     ticks: int | None, execute: bool) -> None:
     """Simulate a market: instruments, books, policies, then live prices and fills."""
     if ticks is not None and jsonl_path is None:
         raise click.UsageError("--ticks only applies with --jsonl")
+    if execute and jsonl_path is not None:
+        raise click.UsageError("--execute needs Kafka: it cannot be combined with --jsonl")
     realtime = not fast and jsonl_path is None
     if start is None:
         start = datetime.now(timezone.utc).replace(microsecond=0) if realtime else DEFAULT_START
@@ -578,19 +693,23 @@ def simulate_command(bootstrap: str | None, topic_prefix: str | None, partitions
         click.echo(stats.summary(), err=jsonl_path == "-")
         return
     settings = Settings.from_env(bootstrap_servers=bootstrap, topic_prefix=topic_prefix, partitions=partitions)
-    stats = asyncio.run(_run_until_signal(settings, config, duration, realtime))
+    if execute:  # each execution is logged
+        from monitor.ops.logging import configure
+
+        configure(settings.log_format, settings.log_level)
+    stats = asyncio.run(_run_until_signal(settings, config, duration, realtime, execute))
     click.echo(stats.summary())
 
 
 async def _run_until_signal(settings: Settings, config: MarketConfig, duration: float | None,
-                            realtime: bool) -> SimStats:
+                            realtime: bool, execute: bool = False) -> SimStats:
     """`run`, stopped cleanly (flushed, counted) by Ctrl-C or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        return await run(settings, config, duration, realtime, stop)
+        return await run(settings, config, duration, realtime, stop, execute)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

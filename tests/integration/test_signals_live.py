@@ -8,6 +8,7 @@ trading to target at NAV 124,000 means SELL 69 A (9,600 / 140 = 68.57) and BUY 1
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -126,3 +127,35 @@ def test_expiry_and_supersession(worker, settings):
     produce(settings, [approval("P-SUPERSEDE", first["signal_id"], at=9.0)])
     [dead] = consume(settings, "monitor-dlq", lambda r: len(r) >= 1)
     assert dead["reason_code"] == "signal_decided" and "SUPERSEDED" in dead["reason"]
+
+
+def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_path):
+    """A breach leads to an AUTO_APPROVED signal; `monitor paper-trade` (its own process, a real
+    client) executes it; the fills come back through the worker; the alerts resolve."""
+    produce(settings, market(book("P-LOOP", {})))
+    trader = spawn([sys.executable, "-m", "monitor", "paper-trade"], env=worker_env(settings),
+                   log_path=tmp_path / "paper.log")
+    try:
+        time.sleep(1.0)
+        produce(settings, [price_a(140.0, 1.0)])
+        [signal] = wait_for_signals(settings, lambda r: len(r) >= 1)
+        assert signal["state"] == "AUTO_APPROVED"
+        alerts = consume(settings, "drift-alerts", lambda r: sum(a["state"] == "RESOLVED" for a in r) >= 2,
+                         timeout=60)
+    finally:
+        terminate(trader)
+    assert [(a["limit_id"], a["state"]) for a in alerts] == [
+        ("weight:A", "OPEN"), ("weight:B", "OPEN"), ("weight:A", "RESOLVED"), ("weight:B", "RESOLVED")]
+    fills = consume(settings, "fills", lambda r: len(r) >= 2)
+    assert {(f["instrument_id"], f["side"], f["quantity"], f["price"]) for f in fills} == \
+        {("A", "SELL", 69.0, 140.0), ("B", "BUY", 192.0, 50.0)}
+    resolved = alerts[2]
+    assert resolved["inputs"]["last_fill_id"] in {f["fill_id"] for f in fills}
+    # The worker's own record of the book (its changelog): 600 - 69 A, 800 + 192 B, and
+    # cash 69 x 140 - 192 x 50 = +60. At NAV 124,000: A 74,340 (59.95%), B 49,600 (40.00%).
+    changelog = f"{settings.topic(settings.app_id)}-books-changelog"
+    records = consume(dataclasses.replace(settings, topic_prefix=""), changelog,
+                      lambda r: any(b.get("last_fill_id") in {f["fill_id"] for f in fills}
+                                    and len(b["fills"]) == 2 for b in r))
+    final = [b for b in records if b["portfolio_id"] == "P-LOOP"][-1]
+    assert final["positions"] == {"A": 531.0, "B": 992.0} and final["cash"] == {"USD": 60.0}

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from monitor.simulate import (
+    APPROVAL_NAV_FRACTION,
     TRADING_SECONDS_PER_DAY,
     Event,
     Market,
@@ -32,7 +33,7 @@ FIELDS = {
     "prices": {"instrument_id", "price", "ts"},
     "fills": {"fill_id", "portfolio_id", "instrument_id", "side", "quantity", "price", "ts", "fees"},
     "positions": {"portfolio_id", "as_of", "cash", "positions"},
-    "policies": {"portfolio_id", "version", "base_currency", "evaluation", "limits"},
+    "policies": {"portfolio_id", "version", "base_currency", "evaluation", "limits", "rebalance"},
 }
 INSTRUMENT_FIELDS = {"instrument_id", "currency", "asset_class", "sector", "region", "multiplier",
                      "adv", "spread_bps", "daily_vol", "factors"}
@@ -227,6 +228,24 @@ def test_policy_targets_are_the_initial_exposures_and_nav_is_positive() -> None:
             assert 1.0 < lev["target"] < 4.0
 
 
+def test_policies_rebalance_targeted_to_the_inner_rail_with_approval_above_a_share_of_nav() -> None:
+    """So the demo closes the loop: most proposals auto-approve, a large one waits for a human."""
+    from monitor.engine.policy import parse_policy
+
+    market = Market(MarketConfig(start=START))
+    for book, policy in zip(market.books, market.policies):
+        nav = market.valuation(book)[0]
+        rebalance = policy["rebalance"]
+        assert {k: v for k, v in rebalance.items() if k != "approval"} == {
+            "mode": "targeted", "trade_to": "inner", "inner_fraction": 0.5, "max_participation": 0.05}
+        assert set(rebalance["approval"]) == {"notional_above", "ttl_seconds"}
+        assert rebalance["approval"]["notional_above"] == pytest.approx(APPROVAL_NAV_FRACTION * nav, abs=500)
+        assert 0.01 <= APPROVAL_NAV_FRACTION <= 0.2
+        assert rebalance["approval"]["ttl_seconds"] == 120
+        parsed = parse_policy(policy, "simulator").rebalance
+        assert parsed is not None and parsed.trade_to == "inner" and parsed.approval is not None
+
+
 def test_fills_trade_held_names_at_the_market_and_never_flip_a_position() -> None:
     market = Market(MarketConfig(start=START, fill_rate=50.0))
     held = {b.portfolio_id: dict(b.positions) for b in market.books}
@@ -360,5 +379,7 @@ def test_command_writes_jsonl_and_prints_a_summary(tmp_path) -> None:
 
 def test_command_rejects_ticks_without_jsonl_and_bad_start() -> None:
     assert CliRunner().invoke(simulate_command, ["--ticks", "5"]).exit_code != 0
+    result = CliRunner().invoke(simulate_command, ["--jsonl", "-", "--execute"])
+    assert result.exit_code != 0 and "--execute" in result.output
     result = CliRunner().invoke(simulate_command, ["--jsonl", "-", "--start", "yesterday"])
     assert result.exit_code != 0 and "start" in result.output.lower()
