@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import Counter, Gauge, Histogram
+
+from monitor.ops import metrics
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -24,10 +27,11 @@ PROMETHEUS = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_tex
 RULES = yaml.safe_load((REPO / "deploy/prometheus/rules.yml").read_text())
 DASHBOARD_PATH = REPO / "deploy/grafana/dashboards/drift-monitor.json"
 
-# The worker's series (monitor/ops/metrics.py), as Prometheus exposes them.
-COUNTERS = {"monitor_events_consumed_total", "monitor_dlq_messages_total", "monitor_alerts_emitted_total"}
-GAUGES = {"monitor_book_nav", "monitor_book_largest_drift", "monitor_book_band_usage", "monitor_alerts_open"}
-HISTOGRAMS = {"monitor_event_lag_seconds", "monitor_evaluation_seconds"}
+# The worker's series, as Prometheus exposes them: read from monitor/ops/metrics.py itself.
+_COLLECTORS = [c for c in vars(metrics).values() if isinstance(c, (Counter, Gauge, Histogram))]
+COUNTERS = {f"{c._name}_total" for c in _COLLECTORS if isinstance(c, Counter)}
+GAUGES = {c._name for c in _COLLECTORS if isinstance(c, Gauge)}
+HISTOGRAMS = {c._name for c in _COLLECTORS if isinstance(c, Histogram)}
 METRICS = COUNTERS | GAUGES | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 ALLOWED_SERIES = METRICS | {"up"}
 KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "le", "job", "instance"}
