@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,6 +15,25 @@ from monitor.ops.config import Settings
 
 def _settings(**flags: object) -> Settings:
     return Settings.from_env(**flags)
+
+
+def _publish(settings: Settings, topic: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send (key, document) records to a logical topic, each acknowledged by the broker."""
+    import asyncio
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        await producer.start()
+        try:
+            for key, doc in records:
+                await producer.send_and_wait(settings.topic(topic), orjson.dumps(doc), key=key.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
 
 
 @click.group()
@@ -80,11 +102,6 @@ def policy_publish(files: tuple[Path, ...], **flags: object) -> None:
 
     Nothing is sent unless every file is valid.
     """
-    import asyncio
-
-    import orjson
-    from aiokafka import AIOKafkaProducer
-
     from monitor.ops.policy_files import load_policy_file
 
     try:
@@ -92,20 +109,47 @@ def policy_publish(files: tuple[Path, ...], **flags: object) -> None:
     except PolicyError as e:
         raise click.ClickException(f"refused {e}; nothing was published") from None
     settings = _settings(**flags)
-
-    async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-        await producer.start()
-        try:
-            for doc in docs:
-                await producer.send_and_wait(settings.topic("policies"), orjson.dumps(doc),
-                                             key=doc["portfolio_id"].encode())
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
+    _publish(settings, "policies", [(doc["portfolio_id"], doc) for doc in docs])
     for doc in docs:
         click.echo(f"published {doc['portfolio_id']} version {doc['version']} to {settings.topic('policies')}")
+
+
+@main.group()
+def signal() -> None:
+    """Decide on a PENDING_APPROVAL rebalance signal (sends to the approvals topic)."""
+
+
+def _decision_command(decision: str) -> click.Command:
+    @click.argument("signal_id")
+    @click.option("--book", "portfolio_id", required=True, help="portfolio_id of the signal (the message key)")
+    @click.option("--approver", default=getpass.getuser, show_default="the login name", help="who decides")
+    @click.option("--reason", help="justification, kept on the signal's audit trail")
+    @click.option("--ts", help="decision time, RFC 3339 [default: now]")
+    @click.option("--bootstrap", "bootstrap_servers", help="Kafka bootstrap servers [env KAFKA_BOOTSTRAP_SERVERS]")
+    @click.option("--topic-prefix", help="[env MONITOR_TOPIC_PREFIX]")
+    def command(signal_id: str, portfolio_id: str, approver: str, reason: str | None, ts: str | None,
+                **flags: object) -> None:
+        from monitor.contract import ContractError, validate
+        from monitor.engine.model import format_ts
+
+        now = format_ts(int(datetime.now(timezone.utc).timestamp() * 1_000_000))
+        doc = {"signal_id": signal_id, "portfolio_id": portfolio_id, "decision": decision,
+               "approver": approver, "reason": reason, "ts": ts or now}
+        try:
+            validate("approvals", doc)
+        except ContractError as e:
+            raise click.ClickException(str(e)) from None
+        settings = _settings(**flags)
+        _publish(settings, "approvals", [(portfolio_id, doc)])
+        click.echo(f"sent {decision} of signal {signal_id} ({portfolio_id}) to {settings.topic('approvals')}; "
+                   f"the outcome appears on {settings.topic('rebalance-signals')} (or monitor-dlq if refused)")
+
+    command.__doc__ = f"{decision.title()} a PENDING_APPROVAL signal."
+    return command
+
+
+signal.command("approve")(_decision_command("APPROVE"))
+signal.command("reject")(_decision_command("REJECT"))
 
 
 from monitor.bench import bench_command  # noqa: E402

@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from monitor.cli import main
 from monitor.contract import validate
 from monitor.ops.processes import spawn, terminate
 from tests.conftest import consume, produce, worker_env
@@ -90,13 +92,19 @@ def test_approve_reject_and_refused_approvals(worker, settings):
     alerts = consume(settings, "drift-alerts", lambda r: len(r) >= 4)
     assert sorted(pending["alert_ids"]) == sorted(a["alert_id"] for a in alerts if a["portfolio_id"] == "P-APPROVE")
 
+    # The rejection goes through the command a risk engineer would use.
+    rejected = CliRunner().invoke(main, [
+        "signal", "reject", to_reject["signal_id"], "--book", "P-REJECT", "--approver", "j.smith",
+        "--reason", "checked", "--ts", ts(2.0), "--bootstrap", settings.bootstrap_servers,
+        "--topic-prefix", settings.topic_prefix])
+    assert rejected.exit_code == 0, rejected.output
     produce(settings, [approval("P-APPROVE", pending["signal_id"]),
-                       approval("P-REJECT", to_reject["signal_id"], "REJECT"),
                        approval("P-APPROVE", pending["signal_id"], "REJECT", at=3.0),  # already decided
                        approval("P-APPROVE", "no-such-signal")])
     got = wait_for_signals(settings, lambda r: len(r) >= 4)
     assert states(got, "P-APPROVE") == ["PENDING_APPROVAL", "APPROVED"]
     assert states(got, "P-REJECT") == ["PENDING_APPROVAL", "REJECTED"]
+    assert signals_of(got, "P-REJECT")[1]["approver"] == "j.smith"
     approved = signals_of(got, "P-APPROVE")[1]
     assert (approved["approver"], approved["reason"], approved["trades"]) == ("j.smith", "checked", pending["trades"])
 
