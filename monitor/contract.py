@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -161,12 +162,39 @@ def _inline_local_refs(node: Any, defs: dict[str, Any]) -> Any:
     return {k: (v if k == "$defs" else _inline_local_refs(v, defs)) for k, v in node.items()}
 
 
+_TIMESTAMP = re.compile(schema("prices")["$defs"]["timestamp"]["pattern"])
+
+
+def _plain_price(doc: object) -> bool:
+    """True only for a price the prices schema accepts, checked in about a microsecond.
+
+    The price feed is the one hot topic: jsonschema costs ~20 us a message there. This
+    check is sufficient, not necessary: a document it does not vouch for (an error, or
+    an unusual but valid shape such as schema_version 1.0) goes through jsonschema,
+    which decides and names the field. A property test holds it to the schema.
+    """
+    if type(doc) is not dict:
+        return False
+    if len(doc) != 3 and not (len(doc) == 4 and type(doc.get("schema_version")) is int
+                              and doc["schema_version"] == 1):
+        return False
+    iid, price, ts = doc.get("instrument_id"), doc.get("price"), doc.get("ts")
+    return (type(iid) is str and iid != "" and type(price) in (int, float) and price > 0
+            and type(ts) is str and _TIMESTAMP.match(ts) is not None and _is_rfc3339(ts))
+
+
+_FAST_PATHS = {"prices": _plain_price}
+
+
 def validate(topic: str, doc: object) -> None:
     """Check one decoded message against its topic's schema.
 
     Raises ContractError naming the most relevant offending field, KeyError for a
     topic without a schema.
     """
+    fast = _FAST_PATHS.get(topic)
+    if fast is not None and fast(doc):
+        return
     errors = validator(topic).iter_errors(doc)
     first = next(errors, None)
     if first is None:

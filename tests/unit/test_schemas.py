@@ -11,15 +11,18 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from monitor import contract
-from monitor.contract import TOPICS_WITH_SCHEMAS, ContractError, validate
+from monitor.contract import TOPICS_WITH_SCHEMAS, ContractError, validate, validator
 from monitor.ops.config import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -274,3 +277,33 @@ def test_dlq_example_reason_matches_contract_error_format() -> None:
         validate("fills", json.loads(dlq["original"]))
     assert str(caught.value) == dlq["reason"]
     assert re.fullmatch(r"[A-Za-z0-9+/]*={0,2}", dlq["original_base64"])
+
+
+# ---------------------------------------------------------------- the price fast path
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=4), st.sampled_from(["2026-01-05T14:30:00Z", "2026-01-05T14:30:00.5+01:00",
+                                                          "2026-02-30T14:30:00Z", "2026-01-05T14:30:00",
+                                                          "2026-01-05 14:30:00Z", "EQ0001", ""]))
+_KEYS = st.sampled_from(["instrument_id", "price", "ts", "schema_version", "extra"])
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5))
+@settings(max_examples=2_000, deadline=None)
+def test_the_price_fast_path_never_accepts_what_the_schema_refuses(doc):
+    from monitor.contract import _plain_price
+
+    if _plain_price(doc):
+        assert validator("prices").is_valid(doc), doc
+
+
+@given(st.text(min_size=1, max_size=12), st.floats(min_value=1e-9, max_value=1e9),
+       st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(timezone.utc)), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_the_price_fast_path_takes_every_ordinary_price(iid, price, moment, versioned):
+    from monitor.contract import _plain_price
+
+    doc = {"instrument_id": iid, "price": price, "ts": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
+    if versioned:
+        doc["schema_version"] = 1
+    assert validator("prices").is_valid(doc) and _plain_price(doc)
