@@ -3,9 +3,12 @@
 On a real broker, in one run: preload the topics with a seeded market, then drain the
 same price topic with (a) a raw aiokafka consumer decoding every message into a dict,
 (b) a naive Faust agent writing every price to a Table, (c) the monitor worker with the
-full engine; then measure event-to-alert latency at a steady produce rate. Each
-consumer runs in its own process: events/s from its first record to its last, its
-CPU seconds and peak RSS (the whole process, start-up included). The figures are printed and written as a markdown table to BENCHMARKS.md.
+full engine; then measure event-to-alert latency at a steady produce rate; then the
+monitor's drain rate over a grid of market sizes (books at a fixed instrument count,
+instruments at a fixed book count), each on fresh topics. Each consumer runs in its
+own process: events/s from its first record to its last, its CPU seconds and peak RSS
+(the whole process, start-up included). The figures are printed and written as a
+markdown table to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Drain:
     seconds: float
     cpu_seconds: float
     peak_rss_mb: float
+    first_evaluation_s: float | None = None  # monitor only: process start to its first evaluation
 
     @property
     def rate(self) -> float:
@@ -144,11 +148,12 @@ async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tup
     return n_prices, n_fills, time.perf_counter() - began
 
 
-def _progress(url: str) -> tuple[float, float]:
-    """(prices consumed, CPU seconds) of the worker, from its /metrics."""
+def _progress(url: str) -> tuple[float, float, float]:
+    """(prices consumed, CPU seconds, price batches evaluated) of the worker, from its /metrics."""
     samples = scrape(url)
     return (samples.get(("monitor_events_consumed_total", (("topic", "prices"),)), 0.0),
-            samples.get(("process_cpu_seconds_total", ()), 0.0))
+            samples.get(("process_cpu_seconds_total", ()), 0.0),
+            samples.get(("monitor_evaluation_seconds_count", ()), 0.0))
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -164,9 +169,10 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
            "MONITOR_LOG_LEVEL": "warning"}
+    started = time.perf_counter()
     proc = spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
     url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
-    first = last = None
+    first = last = first_evaluation = None
     seen = 0.0
     cpu_at_first = 0.0
     deadline = time.monotonic() + 1800
@@ -174,10 +180,12 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
         if proc.poll() is not None:
             raise click.ClickException(f"the worker exited: see {workdir / 'bench-worker.log'}")
         try:
-            seen, cpu_now = _progress(url)
+            seen, cpu_now, evaluated = _progress(url)
         except OSError:
             time.sleep(0.05)
             continue
+        if evaluated > 0 and first_evaluation is None:
+            first_evaluation = time.perf_counter() - started
         if seen > 0 and first is None:
             first, cpu_at_first = time.perf_counter(), cpu_now
         if seen >= prices:
@@ -188,7 +196,7 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
     else:
         raise click.ClickException(f"the worker consumed {seen:.0f} of {prices} prices in 30 minutes")
     assert first is not None and last is not None
-    return Drain("monitor (full engine)", prices, last - first, cpu, _peak_rss_mb(proc.pid)), proc
+    return Drain("monitor (full engine)", prices, last - first, cpu, _peak_rss_mb(proc.pid), first_evaluation), proc
 
 
 async def _latency(settings: Settings, config: MarketConfig, rate: float, seconds: float) -> list[float]:
@@ -245,6 +253,50 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Cell:
+    """The monitor's drain over one market size of the scaling grid."""
+
+    books: int
+    instruments: int
+    drain: Drain
+
+
+def _scaling(bootstrap: str, books: list[int], instruments: list[int], prices: int, fixed: tuple[int, int],
+             workdir: Path) -> list[Cell]:
+    """Monitor drain rate per market size: books at fixed[1] instruments, instruments at fixed[0] books."""
+    grid = list(dict.fromkeys([(b, fixed[1]) for b in books] + [(fixed[0], i) for i in instruments]))
+    cells: list[Cell] = []
+    for n_books, n_instruments in grid:
+        settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
+                            partitions=4, metrics_port=free_ports()[0])
+        asyncio.run(ensure_topics(settings))
+        config = MarketConfig(books=n_books, instruments=n_instruments, seed=42, tick_rate=20_000.0, fill_rate=10.0)
+        loaded = asyncio.run(_preload(settings, config, prices))
+        cell_dir = workdir / f"scaling-{n_books}x{n_instruments}"
+        cell_dir.mkdir(parents=True, exist_ok=True)
+        drain, proc = _monitor_drain(settings, loaded[0], cell_dir)
+        terminate(proc)
+        cells.append(Cell(n_books, n_instruments, drain))
+        click.echo(f"  scaling {n_books} books x {n_instruments} instruments: {drain.rate:,.0f} events/s, "
+                   f"peak RSS {drain.peak_rss_mb:,.0f} MB")
+    return cells
+
+
+def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
+    if not cells:
+        return []
+    lines = [f"Scaling: the monitor draining {prices:,} preloaded prices per market size (fresh topics each).",
+             "",
+             "| books | instruments | events/s | CPU s | peak RSS MB | start to first evaluation s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for c in cells:
+        first = f"{c.drain.first_evaluation_s:.1f}" if c.drain.first_evaluation_s is not None else "n/a"
+        lines.append(f"| {c.books:,} | {c.instruments:,} | {c.drain.rate:,.0f} | {c.drain.cpu_seconds:.1f} | "
+                     f"{c.drain.peak_rss_mb:,.0f} | {first} |")
+    return lines + [""]
+
+
 def _report(args: dict, drains: list[Drain], latencies: list[float], kafka: str, preload: tuple) -> str:
     raw, naive, monitor = drains
     lines = [
@@ -284,17 +336,30 @@ def _report(args: dict, drains: list[Drain], latencies: list[float], kafka: str,
               help="Cap on the naive Faust agent's run (it is slow)")
 @click.option("--latency-rate", type=float, default=20_000.0, show_default=True, help="Prices/s for the latency run")
 @click.option("--latency-seconds", type=float, default=60.0, show_default=True)
+@click.option("--large", is_flag=True, help="The large case: 200 books x 5,000 instruments (overrides the sizes)")
+@click.option("--scaling-books", default="10,50,200,1000", show_default=True,
+              help="Book counts of the scaling grid (at --instruments); empty: none")
+@click.option("--scaling-instruments", default="500,2000,5000,20000", show_default=True,
+              help="Instrument counts of the scaling grid (at --books); empty: none")
+@click.option("--scaling-prices", type=int, default=200_000, show_default=True,
+              help="Prices preloaded and drained per scaling cell")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True,
               help="Markdown file the results are appended to")
 def bench_command(books: int, instruments: int, prices: int, naive_seconds: float, latency_rate: float,
-                  latency_seconds: float, out: Path) -> None:
-    """Drain rate of raw aiokafka, a naive Faust agent and the monitor; event-to-alert latency."""
+                  latency_seconds: float, large: bool, scaling_books: str, scaling_instruments: str,
+                  scaling_prices: int, out: Path) -> None:
+    """Drain rate of raw aiokafka, a naive Faust agent and the monitor; event-to-alert latency; scaling."""
     from monitor.ops.broker import kafka_cluster, kafka_version
     from monitor.ops.logging import configure
 
     configure("console", "warning")
+    if large:
+        books, instruments = 200, 5_000
     args = {"books": books, "instruments": instruments, "prices": prices, "naive_seconds": naive_seconds,
-            "latency_rate": latency_rate, "latency_seconds": latency_seconds}
+            "latency_rate": latency_rate, "latency_seconds": latency_seconds, "scaling_books": f"'{scaling_books}'",
+            "scaling_instruments": f"'{scaling_instruments}'", "scaling_prices": scaling_prices}
+    grid_books = [int(x) for x in scaling_books.split(",") if x.strip()]
+    grid_instruments = [int(x) for x in scaling_instruments.split(",") if x.strip()]
     workdir = Path(".bench")
     workdir.mkdir(exist_ok=True)
     with kafka_cluster() as bootstrap:
@@ -320,7 +385,12 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
             latencies = asyncio.run(_latency(settings, config, latency_rate, latency_seconds))
         finally:
             terminate(proc)
+        first = monitor.first_evaluation_s
+        cells = _scaling(bootstrap, grid_books, grid_instruments, scaling_prices, (books, instruments), workdir)
         report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload)
+        report += (f"Worker process start to its first evaluation, {preload[0]:,} prices waiting: {first:.1f} s "
+                   f"(target <= 10 s).\n\n" if first is not None else "")
+        report += "\n".join(_scaling_report(cells, scaling_prices))
     click.echo(report)
     with out.open("a", encoding="utf-8") as f:
         f.write(report + "\n")

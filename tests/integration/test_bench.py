@@ -18,7 +18,8 @@ def test_bench_measures_all_three_consumers_and_latency(kafka_bootstrap, tmp_pat
     out = tmp_path / "BENCHMARKS.md"
     result = CliRunner().invoke(main, ["bench", "--books", "5", "--instruments", "100", "--prices", "20000",
                                        "--naive-seconds", "5", "--latency-rate", "1000", "--latency-seconds", "5",
-                                       "--out", str(out)])
+                                       "--scaling-books", "2,5", "--scaling-instruments", "50,100",
+                                       "--scaling-prices", "5000", "--out", str(out)])
     assert result.exit_code == 0, result.output
     report = out.read_text()
     rows = {m.group(1): [float(x.replace(",", "")) for x in m.groups()[1:]]
@@ -31,3 +32,9 @@ def test_bench_measures_all_three_consumers_and_latency(kafka_bootstrap, tmp_pat
         assert events > 0 and seconds > 0 and rate > 0 and cpu > 0 and rss > 0
     assert re.search(r"monitor / raw = [\d.]+ .*monitor / naive Faust = [\d.]+", report)
     assert re.search(r"\(\d[\d,]* alerts\): p50 [\d.]+ ms, p99 [\d.]+ ms, p99.9 [\d.]+ ms", report), report
+    assert re.search(r"to its first evaluation, 20,000 prices waiting: [\d.]+ s", report), report
+    # The scaling grid: books at the main instrument count, instruments at the main book count.
+    cells = {(int(m.group(1)), int(m.group(2))): float(m.group(3).replace(",", ""))
+             for m in re.finditer(r"^\| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| [\d.]+ \| [\d,]+ \| [\d.]+ \|$",
+                                  report, re.M)}
+    assert set(cells) == {(2, 100), (5, 100), (5, 50)} and all(rate > 0 for rate in cells.values()), report
