@@ -148,12 +148,13 @@ async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tup
     return n_prices, n_fills, time.perf_counter() - began
 
 
-def _progress(url: str) -> tuple[float, float, float]:
-    """(prices consumed, CPU seconds, price batches evaluated) of the worker, from its /metrics."""
+def _progress(url: str) -> tuple[float, float, float, float]:
+    """(prices read, CPU seconds, price batches evaluated, events waiting in the gate) of the worker."""
     samples = scrape(url)
     return (samples.get(("monitor_events_consumed_total", (("topic", "prices"),)), 0.0),
             samples.get(("process_cpu_seconds_total", ()), 0.0),
-            samples.get(("monitor_evaluation_seconds_count", ()), 0.0))
+            samples.get(("monitor_evaluation_seconds_count", ()), 0.0),
+            samples.get(("monitor_gate_held_events", ()), 0.0))
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -164,7 +165,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drain, subprocess.Popen[bytes]]:
-    """Start a worker on the preloaded topics; time it from its first price to its last."""
+    """Start a worker on the preloaded topics; time it from its first price read to its last price
+    applied to the engine (all read, none left waiting in the gate)."""
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
@@ -180,7 +182,7 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
         if proc.poll() is not None:
             raise click.ClickException(f"the worker exited: see {workdir / 'bench-worker.log'}")
         try:
-            seen, cpu_now, evaluated = _progress(url)
+            seen, cpu_now, evaluated, waiting = _progress(url)
         except OSError:
             time.sleep(0.05)
             continue
@@ -188,7 +190,7 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
             first_evaluation = time.perf_counter() - started
         if seen > 0 and first is None:
             first, cpu_at_first = time.perf_counter(), cpu_now
-        if seen >= prices:
+        if seen >= prices and waiting == 0:
             last = time.perf_counter()
             cpu = cpu_now - cpu_at_first
             break

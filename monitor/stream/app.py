@@ -280,6 +280,7 @@ class Worker:
                 self.engine.end_warmup()
                 alerts += self.engine.flush()
             await self._emit(alerts)
+            metrics.GATE_HELD.set(len(self.gate))
 
     # -- market data -------------------------------------------------------------------
 
@@ -397,7 +398,6 @@ class Worker:
         for pid, status in list(self.engine.status.items()):
             metrics.publish_book(pid, status)
         metrics.HELD_FILLS.set(self.engine.held_fills())
-        metrics.GATE_HELD.set(len(self.gate))
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted_peaks.get(pid) != watch.peak_nav:
                 await self._persist_watch(pid)
