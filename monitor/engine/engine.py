@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, step
 from monitor.engine.book import Book
+from monitor.engine.exposure import Exposure
 from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
 from monitor.engine.policy import SEVERITIES, Policy
 from monitor.engine.rebalance import propose
@@ -92,12 +93,16 @@ class Engine:
         # Positions and cash of books before the fills of the open window, to split drift into
         # what prices did and what fills did (attribution).
         self._before_fills: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+        # Per book, the valuation kept by deltas, and the instruments whose price moved since.
+        self._exposures: dict[str, Exposure] = {}
+        self._moved: dict[str, set[str]] = {}
 
     # -- inputs ------------------------------------------------------------------
 
     def on_instrument(self, instrument: Instrument) -> list[Event]:
         """Reference data; applies fills that were held for this instrument."""
         self.instruments[instrument.instrument_id] = instrument
+        self._exposures.clear()  # multipliers, currencies, buckets or loadings may have changed
         for pid in sorted(self.books):
             book = self.books[pid]
             if any(f.instrument_id == instrument.instrument_id for f in book.held.values()):
@@ -121,6 +126,7 @@ class Engine:
             self.prices[p.instrument_id] = (p.price, p.ts)
             self.market_clock = max(self.market_clock, p.ts)
             for pid in self._books_affected_by(p.instrument_id):
+                self._moved.setdefault(pid, set()).add(p.instrument_id)
                 if p.ts >= self.clock.get(pid, 0):  # older: already judged (e.g. re-read after a restart)
                     self._touch(pid, p.ts)
         return out + self._settle()
@@ -138,6 +144,7 @@ class Engine:
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
+        self._exposures.pop(fill.portfolio_id, None)
         self._touch(fill.portfolio_id, fill.ts)
         return out + self._settle()
 
@@ -149,6 +156,7 @@ class Engine:
         out = self._advance(snapshot.as_of)
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
+        self._exposures.pop(snapshot.portfolio_id, None)
         self._index(book)
         self._touch(snapshot.portfolio_id, snapshot.as_of)
         return out + self._settle()
@@ -159,6 +167,7 @@ class Engine:
         pid = policy.portfolio_id
         previous = self.policies.get(pid)
         self.policies[pid] = policy
+        self._exposures.pop(pid, None)  # the sums it keeps follow the limits
         watch = self.watches.setdefault(pid, Watch())
         kept = {lim.limit_id for lim in policy.limits}
         out: list[Event] = []
@@ -194,6 +203,7 @@ class Engine:
 
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
+        self._exposures.pop(pid, None)
         if book is not None:
             self.books[pid] = book
             self._index(book)
@@ -257,10 +267,11 @@ class Engine:
         self.clock[portfolio_id] = ts
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
         if book is None or policy is None:
+            self._moved.pop(portfolio_id, None)
             return []
         watch = self.watches.setdefault(portfolio_id, Watch())
         watch.clock = ts
-        valuation = value_book(book, policy.base_currency, self.instruments, self.prices)
+        valuation = self._value(portfolio_id, book, policy)
         inputs = Inputs(valuation.price_ts, book.last_fill_id)
         out: list[Event] = list(self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs))
         if valuation.ok and valuation.nav is not None and valuation.nav > 0:
@@ -302,6 +313,20 @@ class Engine:
             oldest_input_ts=min(valuation.input_ts.values()) if valuation.input_ts else None,
         )
         return out
+
+    def _value(self, pid: str, book: Book, policy: Policy) -> Valuation:
+        """The book at the latest prices: its Exposure moved by the prices that changed since the
+        last evaluation, or a full revaluation (rebuilding the Exposure) when it cannot be."""
+        moved = self._moved.pop(pid, ())
+        exposure = self._exposures.get(pid)
+        if exposure is not None and exposure.update(moved, self.instruments, self.prices):
+            return exposure.valuation()
+        exposure = Exposure.build(book, policy, self.instruments, self.prices)
+        if exposure is None:  # something is missing: value_book says what
+            self._exposures.pop(pid, None)
+            return value_book(book, policy.base_currency, self.instruments, self.prices)
+        self._exposures[pid] = exposure
+        return exposure.valuation()
 
     def _judge_data(self, pid: str, policy: Policy, watch: Watch, valuation: Valuation, ts: Micros,
                     inputs: Inputs) -> list[Event]:

@@ -8,7 +8,7 @@ which one: a metric is never computed on a made-up zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
@@ -16,7 +16,11 @@ from monitor.engine.book import Book
 from monitor.engine.model import Instrument, Micros, RiskModel
 from monitor.engine.policy import BUCKET_METRICS, Limit
 
+if TYPE_CHECKING:
+    from monitor.engine.exposure import Sums
+
 PriceBook = Mapping[str, tuple[float, Micros]]  # instrument_id -> (latest price, its event ts)
+_BUCKET_SUM = {"net_weight": 0, "gross_weight": 1, "long_weight": 2, "short_weight": 3}  # index in Sums.buckets
 USD = "USD"
 
 
@@ -48,6 +52,7 @@ class Valuation:
     unavailable: str | None = None
     # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
     input_ts: Mapping[str, Micros] = field(default_factory=dict)
+    sums: "Sums | None" = None  # kept by an Exposure: the sums limits read, without a pass over mv
     _groups: dict[str, dict[str | None, list[float]]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -155,7 +160,11 @@ def measure(
     metric = limit.metric
     if metric == "weight":
         return mv.get(limit.instrument or "", 0.0) / nav, None
+    sums = valuation.sums
     if metric in BUCKET_METRICS:
+        kept = sums.buckets.get((limit.dimension or "", limit.bucket)) if sums is not None else None
+        if kept is not None:
+            return kept[_BUCKET_SUM[metric]] / nav, None
         values = valuation.in_bucket(instruments, limit.dimension or "", limit.bucket)
         if metric == "net_weight":
             total = sum(values)
@@ -167,11 +176,13 @@ def measure(
             total = sum(v for v in values if v < 0)
         return total / nav, None
     if metric == "gross_leverage":
-        return sum(abs(v) for v in mv.values()) / nav, None
+        return (sums.gross if sums is not None else sum(abs(v) for v in mv.values())) / nav, None
     if metric == "net_leverage":
-        return sum(mv.values()) / nav, None
+        return (sums.net if sums is not None else sum(mv.values())) / nav, None
     if metric == "exposure":
         factor = limit.factor or ""
+        if sums is not None and factor in sums.factors:
+            return sums.factors[factor] / nav, None
         return sum(v * instruments[iid].factors.get(factor, 0.0) for iid, v in mv.items()) / nav, None
     if metric == "drawdown":
         if peak_nav is None or peak_nav <= 0:
