@@ -294,7 +294,9 @@ class Engine:
             usage = limit.band.usage(drift)
             if worst is None or usage > worst[0]:
                 worst = (usage, drift)
-            state = watch.limits.setdefault(limit.limit_id, LimitState())
+            state = watch.limits.get(limit.limit_id)
+            if state is None:
+                state = watch.limits[limit.limit_id] = LimitState()
             held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
             state.attribute(actual, held_actual, usage <= 1.0, ts)
             if judging:  # a metric on stale prices neither opens nor resolves
