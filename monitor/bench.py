@@ -248,6 +248,21 @@ async def _latency(settings: Settings, config: MarketConfig, rate: float, second
     return latencies
 
 
+def _batches(before: dict, after: dict, wall_seconds: float) -> str:
+    """What the worker did during the latency run: price batches applied, their size and time."""
+    def delta(name: str, labels: tuple = ()) -> float:
+        return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
+
+    count, seconds = delta("monitor_evaluation_seconds_count"), delta("monitor_evaluation_seconds_sum")
+    prices = delta("monitor_events_consumed_total", (("topic", "prices"),))
+    cpu = delta("process_cpu_seconds_total")
+    if not count:
+        return ""
+    return (f"During the latency run the worker applied {count:,.0f} price batches: {prices / count:,.0f} prices "
+            f"and {seconds / count * 1000:.1f} ms of evaluation each on average, and used {cpu:.1f} CPU s "
+            f"in {wall_seconds:.0f} s.\n\n")
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -383,13 +398,16 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
         click.echo(f"  naive Faust: {naive.rate:,.0f} events/s")
         monitor, proc = _monitor_drain(settings, preload[0], workdir)
         click.echo(f"  monitor: {monitor.rate:,.0f} events/s")
+        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         try:
+            before = scrape(url)
             latencies = asyncio.run(_latency(settings, config, latency_rate, latency_seconds))
+            batches = _batches(before, scrape(url), latency_seconds + 2.0)  # + the wait for the last alerts
         finally:
             terminate(proc)
         first = monitor.first_evaluation_s
         cells = _scaling(bootstrap, grid_books, grid_instruments, scaling_prices, (books, instruments), workdir)
-        report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload)
+        report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload) + batches
         report += (f"Worker process start to its first evaluation, {preload[0]:,} prices waiting: {first:.1f} s "
                    f"(target <= 10 s).\n\n" if first is not None else "")
         report += "\n".join(_scaling_report(cells, scaling_prices))

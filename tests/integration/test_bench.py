@@ -33,6 +33,7 @@ def test_bench_measures_all_three_consumers_and_latency(kafka_bootstrap, tmp_pat
     assert re.search(r"monitor / raw = [\d.]+ .*monitor / naive Faust = [\d.]+", report)
     assert re.search(r"\(\d[\d,]* alerts\): p50 [\d.]+ ms, p99 [\d.]+ ms, p99.9 [\d.]+ ms", report), report
     assert re.search(r"to its first evaluation, 20,000 prices waiting: [\d.]+ s", report), report
+    assert re.search(r"the worker applied [\d,]+ price batches: [\d,]+ prices and [\d.]+ ms of evaluation", report)
     # The scaling grid: books at the main instrument count, instruments at the main book count.
     cells = {(int(m.group(1)), int(m.group(2))): float(m.group(3).replace(",", ""))
              for m in re.finditer(r"^\| ([\d,]+) \| ([\d,]+) \| ([\d,]+) \| [\d.]+ \| [\d,]+ \| [\d.]+ \|$",
