@@ -292,17 +292,26 @@ class Cell:
     drain: Drain
 
 
+def _market(books: int, instruments: int, seed: int = 42) -> MarketConfig:
+    """The seeded market of every bench run: a dense feed, 20,000 prices/s of event time."""
+    return MarketConfig(books=books, instruments=instruments, seed=seed, tick_rate=20_000.0, fill_rate=10.0)
+
+
+def _preloaded(bootstrap: str, config: MarketConfig, prices: int) -> tuple[Settings, tuple[int, int, float]]:
+    """Fresh topics (their own prefix; a free /metrics port for the worker) preloaded with the market."""
+    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
+                        partitions=4, metrics_port=free_ports()[0])
+    asyncio.run(ensure_topics(settings))
+    return settings, asyncio.run(_preload(settings, config, prices))
+
+
 def _scaling(bootstrap: str, books: list[int], instruments: list[int], prices: int, fixed: tuple[int, int],
              workdir: Path) -> list[Cell]:
     """Monitor drain rate per market size: books at fixed[1] instruments, instruments at fixed[0] books."""
     grid = list(dict.fromkeys([(b, fixed[1]) for b in books] + [(fixed[0], i) for i in instruments]))
     cells: list[Cell] = []
     for n_books, n_instruments in grid:
-        settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
-                            partitions=4, metrics_port=free_ports()[0])
-        asyncio.run(ensure_topics(settings))
-        config = MarketConfig(books=n_books, instruments=n_instruments, seed=42, tick_rate=20_000.0, fill_rate=10.0)
-        loaded = asyncio.run(_preload(settings, config, prices))
+        settings, loaded = _preloaded(bootstrap, _market(n_books, n_instruments), prices)
         cell_dir = workdir / f"scaling-{n_books}x{n_instruments}"
         cell_dir.mkdir(parents=True, exist_ok=True)
         drain, proc = _monitor_drain(settings, loaded[0], cell_dir)
@@ -395,12 +404,9 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
     workdir = Path(".bench")
     workdir.mkdir(exist_ok=True)
     with kafka_cluster() as bootstrap:
-        settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
-                            partitions=4, metrics_port=free_ports()[0])
-        config = MarketConfig(books=books, instruments=instruments, seed=42, tick_rate=20_000.0, fill_rate=10.0)
-        asyncio.run(ensure_topics(settings))
+        config = _market(books, instruments)
         click.echo(f"preloading {prices:,} prices for {books} books x {instruments} instruments ...")
-        preload = asyncio.run(_preload(settings, config, prices))
+        settings, preload = _preloaded(bootstrap, config, prices)
         click.echo(f"  {preload[0]:,} prices, {preload[1]:,} fills in {preload[2]:.1f} s")
         me = [sys.executable, "-m", "monitor.bench"]
         topic = settings.topic("prices")
@@ -442,7 +448,6 @@ if __name__ == "__main__":
         _naive_faust(bootstrap_servers, price_topic, int(count), float(sys.argv[5]), int(sys.argv[6]))
     elif client == "feed":  # count is the rate here
         asyncio.run(_feed(bootstrap_servers, price_topic, float(count), float(sys.argv[5]),
-                          MarketConfig(books=int(sys.argv[6]), instruments=int(sys.argv[7]), seed=int(sys.argv[8]),
-                                       tick_rate=20_000.0, fill_rate=10.0)))
+                          _market(int(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]))))
     else:
         raise SystemExit(f"unknown client {client}")

@@ -27,8 +27,9 @@ import orjson
 import structlog
 
 from monitor.contract import ContractError, validate
-from monitor.engine.model import Micros, format_ts, parse_ts
+from monitor.engine.model import Micros, Price, Rejected, format_ts, parse_ts
 from monitor.ops.config import Settings
+from monitor.stream.codec import decode_event
 
 log = structlog.get_logger("monitor.paper")
 
@@ -110,16 +111,17 @@ def decode_signal(raw: bytes | None) -> dict[str, Any] | None:
     return doc
 
 
-def decode_price(raw: bytes | None) -> tuple[str, float, Micros] | None:
-    """(instrument_id, price, ts) of a price message, or None if unreadable.
+def decode_price(raw: bytes | None) -> Price | None:
+    """A price message as the worker reads it, or None if it would be refused.
 
     The worker dead-letters bad prices; here they are simply not used.
     """
     try:
-        doc = orjson.loads(raw or b"")
-        return doc["instrument_id"], float(doc["price"]), parse_ts(doc["ts"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        price = decode_event("prices", raw, "prices")
+    except Rejected:
         return None
+    assert isinstance(price, Price)
+    return price
 
 
 def log_execution(doc: Mapping[str, Any], fills: list[dict[str, Any]]) -> None:
@@ -165,7 +167,7 @@ async def run_paper_trader(settings: Settings, stop: asyncio.Event | None = None
             # prices first: a signal in the same batch executes at the freshest price
             for record in records:
                 if record.topic == prices_topic and (price := decode_price(record.value)) is not None:
-                    trader.on_price(*price)
+                    trader.on_price(price.instrument_id, price.price, price.ts)
             for record in records:
                 if record.topic != prices_topic and (doc := decode_signal(record.value)) is not None:
                     fills = trader.on_signal(doc)

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from monitor.engine.model import Micros, format_ts
-from monitor.engine.policy import Evaluation, Limit, SEVERITIES
+from monitor.engine.policy import Evaluation, Limit
 
-_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 PERCENT_METRICS = frozenset({"weight", "net_weight", "gross_weight", "long_weight", "short_weight",
                              "risk_contribution", "drawdown"})
 
 
-def _digest(*parts: object) -> str:
+def digest(*parts: object) -> str:
+    """A short stable id from what something is about (alert and signal ids)."""
     return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
@@ -74,7 +74,7 @@ def condition_step(state: LimitState, portfolio_id: str, kind: str, holds: bool,
     `make(state, alert_id, opened_ts)` builds the event with the condition's details.
     """
     if holds and state.alert_id is None:
-        state.alert_id, state.opened_ts = _digest(portfolio_id, kind, ts), ts
+        state.alert_id, state.opened_ts = digest(portfolio_id, kind, ts), ts
         return make("OPEN", state.alert_id, ts)
     if not holds and state.alert_id is not None:
         event = make("RESOLVED", state.alert_id, state.opened_ts or ts)
@@ -137,7 +137,7 @@ class AlertEvent:
 
     @property
     def event_id(self) -> str:
-        return _digest(self.alert_id, self.state, self.severity, self.event_ts)
+        return digest(self.alert_id, self.state, self.severity, self.event_ts)
 
     def to_message(self, detected_ts: Micros) -> dict[str, Any]:
         """The drift-alerts contract form (schemas/drift-alerts.v1.schema.json)."""
@@ -223,7 +223,7 @@ def step(
             state.breach_since = ts
         if ts - state.breach_since < evaluation.persistence:
             return None
-        state.alert_id = _digest(portfolio_id, limit.limit_id, state.breach_since)
+        state.alert_id = digest(portfolio_id, limit.limit_id, state.breach_since)
         state.opened_ts = ts
         state.severity = severity
         return event("OPEN", severity or "BREACH")

@@ -22,13 +22,12 @@ from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step
 from monitor.engine.book import Book
 from monitor.engine.exposure import Exposure
 from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
-from monitor.engine.policy import SEVERITIES, Policy
+from monitor.engine.policy import SEVERITY_RANK, Policy
 from monitor.engine.rebalance import propose
 from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
 from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
 
 Event = AlertEvent | SignalEvent
-_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 STALE_SWEEP: Micros = 1_000_000  # how often (in market event time) books are checked for stale prices
 STALE_LIMIT_ID = "book:stale_prices"
@@ -383,7 +382,7 @@ class Engine:
         """An alert that opens or escalates at the policy's min_severity asks for a proposal."""
         rb = policy.rebalance
         return (rb is not None and event.state in ("OPEN", "ESCALATED")
-                and _RANK[event.severity] >= _RANK[rb.min_severity])
+                and SEVERITY_RANK[event.severity] >= SEVERITY_RANK[rb.min_severity])
 
     def _rebalance(self, policy: Policy, book: Book, valuation: Valuation, watch: Watch, ts: Micros,
                    triggered: bool) -> list[Event]:
@@ -405,7 +404,7 @@ class Engine:
         elif triggered:
             trigger, mode = "alert", "targeted"
             ids = [lid for lid in all_ids if lid in open_states
-                   and _RANK[open_states[lid].severity or "BREACH"] >= _RANK[rb.min_severity]]
+                   and SEVERITY_RANK[open_states[lid].severity or "BREACH"] >= SEVERITY_RANK[rb.min_severity]]
         elif due:
             trigger, mode, ids = "schedule", "global", all_ids
         else:

@@ -19,6 +19,7 @@ PORTFOLIO_METRICS = frozenset({"gross_leverage", "net_leverage", "drawdown"})
 FACTOR_METRICS = frozenset({"exposure"})
 RISK_METRICS = frozenset({"risk_contribution"})
 SEVERITIES = ("WARN", "BREACH", "CRITICAL")
+SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # to compare severities
 
 
 class PolicyError(ValueError):

@@ -12,24 +12,18 @@ replay gives the same ids.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from monitor.engine.alerts import Attribution
+from monitor.engine.alerts import Attribution, digest
 from monitor.engine.model import Micros, Rejected, format_ts, parse_ts
-from monitor.engine.policy import SEVERITIES, Policy, RebalancePolicy
+from monitor.engine.policy import SEVERITY_RANK, Policy, RebalancePolicy
 from monitor.engine.rebalance import Proposal
 
 PENDING, AUTO_APPROVED, APPROVED = "PENDING_APPROVAL", "AUTO_APPROVED", "APPROVED"
 REJECTED, EXPIRED, SUPERSEDED, WITHHELD = "REJECTED", "EXPIRED", "SUPERSEDED", "WITHHELD"
 LIVE = frozenset({PENDING, AUTO_APPROVED, APPROVED})  # may still be traded, or decided
 DECIDED_KEPT = 500  # ids of ended signals remembered per book, to tell "decided" from "unknown"
-_RANK = {s: i for i, s in enumerate(SEVERITIES)}
-
-
-def _digest(*parts: object) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:24]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +63,7 @@ class SignalEvent:
 
     @property
     def event_id(self) -> str:
-        return _digest(self.signal_id, self.state, self.event_ts)
+        return digest(self.signal_id, self.state, self.event_ts)
 
     def to_message(self, detected_ts: Micros) -> dict[str, Any]:
         """The rebalance-signals contract form (schemas/rebalance-signals.v1.schema.json)."""
@@ -182,8 +176,8 @@ def _needs_approval(proposal: Proposal, severities: Iterable[str], rebalance: Re
         return (f"estimated cost {proposal.total_est_cost_base:,.2f}{ccy} above the approval threshold "
                 f"{approval.cost_above:,.2f}{ccy}")
     if approval.severity is not None:
-        worst = max(severities, key=lambda s: _RANK.get(s, -1), default=None)
-        if worst is not None and _RANK[worst] >= _RANK[approval.severity]:
+        worst = max(severities, key=lambda s: SEVERITY_RANK.get(s, -1), default=None)
+        if worst is not None and SEVERITY_RANK[worst] >= SEVERITY_RANK[approval.severity]:
             return f"an alert behind it is {worst} (approval needed at {approval.severity} or above)"
     return None
 
@@ -194,7 +188,7 @@ def signal_body(policy: Policy, proposal: Proposal, trigger: str, mode: str, ale
     assert policy.rebalance is not None
     trade_to = "target" if mode == "global" else policy.rebalance.trade_to
     limits = [lim.limit.limit_id for lim in proposal.limits]
-    signal_id = _digest(policy.portfolio_id, trigger, mode, ",".join(limits), ts, policy.version)
+    signal_id = digest(policy.portfolio_id, trigger, mode, ",".join(limits), ts, policy.version)
     return {
         "signal_id": signal_id,
         "portfolio_id": policy.portfolio_id,
