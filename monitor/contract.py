@@ -110,6 +110,10 @@ def _is_rfc3339(value: object) -> bool:
     # (no month 13, no February 30) using only the standard library.
     if not isinstance(value, str):
         return True  # format applies to strings only; "type" reports the rest
+    return _is_rfc3339_text(value)
+
+
+def _is_rfc3339_text(value: str) -> bool:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
@@ -180,7 +184,12 @@ def _plain_price(doc: object) -> bool:
         return False
     iid, price, ts = doc.get("instrument_id"), doc.get("price"), doc.get("ts")
     return (type(iid) is str and iid != "" and type(price) in (int, float) and price > 0
-            and type(ts) is str and _TIMESTAMP.match(ts) is not None and _is_rfc3339(ts))
+            and type(ts) is str and _plain_ts(ts))
+
+
+@lru_cache(maxsize=4096)  # a feed stamps many prices with the same millisecond
+def _plain_ts(ts: str) -> bool:
+    return _TIMESTAMP.match(ts) is not None and _is_rfc3339_text(ts)
 
 
 _FAST_PATHS = {"prices": _plain_price}

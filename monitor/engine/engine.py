@@ -25,7 +25,7 @@ from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, Risk
 from monitor.engine.policy import SEVERITY_RANK, Policy
 from monitor.engine.rebalance import propose
 from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
-from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
+from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, measure_kept, value_book
 
 Event = AlertEvent | SignalEvent
 
@@ -283,9 +283,24 @@ class Engine:
                           self.instruments, self.prices) if before else None
         held_risk = self._risk(policy, held) if held is not None and uses_risk else None
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
+        # The common case, in line: a linear metric kept by the Exposure, on a limit with nothing
+        # open or pending that is inside its band. Its lifecycle only notes "inside now".
+        quick = judging and held is None and valuation.sums is not None and (valuation.nav or 0.0) > 0
+        nav = valuation.nav or 0.0
         worst: tuple[float, float] | None = None  # (usage, drift)
         triggered = False
         for limit in policy.limits:
+            state = watch.limits.get(limit.limit_id)
+            if quick and state is not None and state.alert_id is None and state.breach_since is None:
+                actual = measure_kept(limit, nav, valuation)
+                if actual is not None:
+                    drift = actual - limit.target
+                    usage = drift / limit.band.above if drift >= 0 else -drift / limit.band.below
+                    if usage <= 1.0:  # what step() and attribute() do for it
+                        if worst is None or usage > worst[0]:
+                            worst = (usage, drift)
+                        state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
+                        continue
             actual, _why = measure(limit, valuation, self.instruments, watch.peak_nav, risk)
             if actual is None:
                 continue  # unavailable: neither opens nor resolves
@@ -293,7 +308,6 @@ class Engine:
             usage = limit.band.usage(drift)
             if worst is None or usage > worst[0]:
                 worst = (usage, drift)
-            state = watch.limits.get(limit.limit_id)
             if state is None:
                 state = watch.limits[limit.limit_id] = LimitState()
             held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
@@ -311,7 +325,7 @@ class Engine:
             band_usage=worst[0] if worst else None,
             open_alerts=watch.open_alerts(),
             unavailable=valuation.unavailable,
-            oldest_input_ts=min(valuation.input_ts.values()) if valuation.input_ts else None,
+            oldest_input_ts=valuation.oldest_ts,
         )
         return out
 
@@ -334,7 +348,8 @@ class Engine:
         """The book's data conditions: prices older than the policy allows, NAV <= 0."""
         out: list[Event] = []
         max_age = policy.evaluation.stale_price
-        stale = tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
+        fresh = valuation.oldest_ts is None or ts - valuation.oldest_ts <= max_age
+        stale = () if fresh else tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
         oldest = max((ts - valuation.input_ts[iid] for iid in stale), default=0) / 1e6
 
         def stale_event(state: str, alert_id: str, opened: Micros) -> AlertEvent:

@@ -79,6 +79,7 @@ class Exposure:
         self.rates: dict[str, tuple[float, Micros]] = {}
         self.cash_base = 0.0
         self.newest: Micros = 0
+        self.oldest: Micros | None = None  # min of input_ts; None: to be recomputed
         self.updates = 0
 
     @classmethod
@@ -113,8 +114,10 @@ class Exposure:
 
     def valuation(self) -> Valuation:
         """The current valuation (shares this cache's MVs: use it before the next update)."""
+        if self.oldest is None and self.input_ts:
+            self.oldest = min(self.input_ts.values())
         return Valuation(self.cash_base + self.sums.net, self.mv, self.newest or None, None, self.input_ts,
-                         sums=self.sums)
+                         sums=self.sums, oldest_ts=self.oldest)
 
     def _refresh_rates(self, prices: PriceBook) -> bool:
         rates: dict[str, tuple[float, Micros]] = {}
@@ -137,6 +140,8 @@ class Exposure:
         new = self.positions[iid] * px[0] * inst.multiplier * rate
         self.sums.move(self.mv.get(iid, 0.0), new, self.keys[iid], self.loadings[iid])
         self.mv[iid] = new
+        if self.input_ts.get(iid) == self.oldest:
+            self.oldest = None  # the oldest input may have moved on
         self.input_ts[iid] = min(px[1], rate_ts) if rate_ts else px[1]
         self.newest = max(self.newest, px[1])
         return True

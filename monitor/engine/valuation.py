@@ -53,6 +53,7 @@ class Valuation:
     # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
     input_ts: Mapping[str, Micros] = field(default_factory=dict)
     sums: "Sums | None" = None  # kept by an Exposure: the sums limits read, without a pass over mv
+    oldest_ts: Micros | None = None  # min of input_ts (None: no holdings), kept so no pass is needed
     _groups: dict[str, dict[str | None, list[float]]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -96,9 +97,11 @@ def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], pri
             continue
         cash += amount * fx[0]
         newest = max(newest, fx[1])
+    oldest = min(input_ts.values()) if input_ts else None
     if missing:
-        return Valuation(None, mv, newest or None, "missing " + ", ".join(sorted(set(missing))), input_ts)
-    return Valuation(cash + sum(mv.values()), mv, newest or None, None, input_ts)
+        return Valuation(None, mv, newest or None, "missing " + ", ".join(sorted(set(missing))), input_ts,
+                         oldest_ts=oldest)
+    return Valuation(cash + sum(mv.values()), mv, newest or None, None, input_ts, oldest_ts=oldest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +161,11 @@ def measure(
         return None, f"NAV is {nav:.2f} (<= 0): weights are undefined"
     mv = valuation.mv
     metric = limit.metric
+    if valuation.sums is not None and (kept := measure_kept(limit, nav, valuation)) is not None:
+        return kept, None
     if metric == "weight":
         return mv.get(limit.instrument or "", 0.0) / nav, None
-    sums = valuation.sums
     if metric in BUCKET_METRICS:
-        kept = sums.buckets.get((limit.dimension or "", limit.bucket)) if sums is not None else None
-        if kept is not None:
-            return kept[_BUCKET_SUM[metric]] / nav, None
         values = valuation.in_bucket(instruments, limit.dimension or "", limit.bucket)
         if metric == "net_weight":
             total = sum(values)
@@ -176,13 +177,11 @@ def measure(
             total = sum(v for v in values if v < 0)
         return total / nav, None
     if metric == "gross_leverage":
-        return (sums.gross if sums is not None else sum(abs(v) for v in mv.values())) / nav, None
+        return sum(abs(v) for v in mv.values()) / nav, None
     if metric == "net_leverage":
-        return (sums.net if sums is not None else sum(mv.values())) / nav, None
+        return sum(mv.values()) / nav, None
     if metric == "exposure":
         factor = limit.factor or ""
-        if sums is not None and factor in sums.factors:
-            return sums.factors[factor] / nav, None
         return sum(v * instruments[iid].factors.get(factor, 0.0) for iid, v in mv.items()) / nav, None
     if metric == "drawdown":
         if peak_nav is None or peak_nav <= 0:
@@ -204,3 +203,25 @@ def measure(
                        if instruments[iid].attribute(limit.dimension or "") == limit.bucket)
         return part / risk.total, None
     return None, f"metric {metric} is not evaluated by this version"
+
+
+def measure_kept(limit: Limit, nav: float, valuation: Valuation) -> float | None:
+    """A linear metric read from the sums an Exposure keeps (`valuation.sums`), at a NAV > 0;
+    None when it is not one (then `measure` computes it). The price path's one measurement."""
+    sums = valuation.sums
+    assert sums is not None
+    metric = limit.metric
+    if metric == "weight":
+        return valuation.mv.get(limit.instrument or "", 0.0) / nav
+    index = _BUCKET_SUM.get(metric)
+    if index is not None:
+        kept = sums.buckets.get((limit.dimension or "", limit.bucket))
+        return None if kept is None else kept[index] / nav
+    if metric == "gross_leverage":
+        return sums.gross / nav
+    if metric == "net_leverage":
+        return sums.net / nav
+    if metric == "exposure":
+        factor = sums.factors.get(limit.factor or "")
+        return None if factor is None else factor / nav
+    return None

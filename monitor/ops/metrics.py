@@ -7,7 +7,9 @@ deploy/ use them); change them only with those.
 from __future__ import annotations
 
 import urllib.request
+from typing import Sequence
 
+import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -44,6 +46,23 @@ def publish_book(portfolio_id: str, status: BookStatus) -> None:
     BOOK_LARGEST_DRIFT.labels(portfolio_id).set(status.largest_drift if status.largest_drift is not None else nan)
     BOOK_BAND_USAGE.labels(portfolio_id).set(status.band_usage if status.band_usage is not None else nan)
     ALERTS_OPEN.labels(portfolio_id).set(status.open_alerts)
+
+
+def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe(a)` for every amount, in one pass over its buckets.
+
+    prometheus_client has no bulk observe; at the price rate its two locked increments per
+    observation took ~7% of the worker's time. This reads the child's own bounds and value
+    cells (`_upper_bounds`, `_buckets`, `_sum`); a unit test holds it equal to `observe`.
+    """
+    if not len(amounts):
+        return
+    bounds = histogram._upper_bounds  # type: ignore[attr-defined]
+    counts = np.bincount(np.searchsorted(bounds, amounts, side="left"), minlength=len(bounds))
+    histogram._sum.inc(float(np.sum(amounts)))  # type: ignore[attr-defined]
+    for cell, count in zip(histogram._buckets, counts.tolist()):  # type: ignore[attr-defined]
+        if count:
+            cell.inc(count)
 
 
 def serve(host: str, port: int) -> None:

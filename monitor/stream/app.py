@@ -30,9 +30,10 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import faust
+import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer
 
@@ -51,6 +52,7 @@ BOOK_TOPICS = ("positions", "fills", "policies", "approvals")
 MARKET_TOPICS = ("instruments", "risk-models", "prices")
 MARKET_BATCH = 5_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
+_PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 
 def now_us() -> Micros:
@@ -303,38 +305,54 @@ class Worker:
                 else:  # the book stream is behind: let it catch up before reading more prices
                     batch = {}
                     await asyncio.sleep(0.01)
-                records = [r for part in batch.values() for r in part]
-                if records:
-                    await self.on_market_records(records)
+                if batch:
+                    await self.on_market_records(batch)
                 self._market_mark = await self._read_market_mark(consumer)
                 await self._drain()
         finally:
             await consumer.stop()
 
-    async def on_market_records(self, records: Iterable[Any]) -> None:
-        """One batch: reference data goes to the engine at once, prices to the gate."""
+    async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
+        """One batch (records by partition): reference data goes to the engine at once, prices to
+        the gate."""
         now = now_us()
         by_topic: dict[str, list[Any]] = {t: [] for t in MARKET_TOPICS}
-        for r in records:
-            by_topic[self.settings.logical(r.topic)].append(r)
+        for tp, records in batch.items():
+            by_topic[self.settings.logical(tp.topic)] += records
         for topic, group in by_topic.items():
             if group:
                 metrics.EVENTS_CONSUMED.labels(topic).inc(len(group))
+            if topic == "prices":
+                await self._hold_prices(group, now)
+                continue
             for r in group:
                 try:
                     event = decode_event(topic, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
                 except Rejected as rejected:
                     await self._dead_letter(topic, r.key, r.value, r.partition, r.offset, r.timestamp, rejected)
                     continue
-                if isinstance(event, Price):
-                    self.gate.hold(event.ts, event)
-                    self._price_read[r.partition] = max(self._price_read.get(r.partition, 0), event.ts)
-                    metrics.EVENT_LAG.labels(topic).observe(max(0.0, (now - event.ts) / 1e6))
-                    continue
                 async with self._lock:
                     alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
                               else self.engine.on_risk_model(event))
                     await self._emit(alerts)
+
+    async def _hold_prices(self, records: list[Any], now: Micros) -> None:
+        """Prices into the gate; the newest ts read per partition moves the market watermark."""
+        hold = self.gate.hold
+        newest = self._price_read
+        lags: list[Micros] = []
+        for r in records:
+            try:
+                price = decode_event("prices", r.value, "")
+            except Rejected as rejected:
+                await self._dead_letter("prices", r.key, r.value, r.partition, r.offset, r.timestamp, rejected)
+                continue
+            ts = price.ts  # type: ignore[union-attr]
+            hold(ts, price)
+            if ts > newest.get(r.partition, 0):
+                newest[r.partition] = ts
+            lags.append(now - ts)
+        metrics.observe_many(_PRICE_LAG, np.maximum(np.array(lags, dtype=float), 0.0) / 1e6)
 
     def _apply_prices(self, prices: list[Price]) -> list[Event]:
         if not prices:

@@ -1,0 +1,32 @@
+"""The bulk histogram observe used on the price path equals prometheus_client's own observe."""
+
+from hypothesis import given, strategies as st
+from prometheus_client import CollectorRegistry, Histogram
+
+from monitor.ops.metrics import observe_many
+
+
+
+def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in registry.collect() for s in family.samples if not s.name.endswith("_created")}
+
+
+@given(st.lists(st.one_of(st.floats(0.0, 100.0), st.sampled_from([0.0, 0.001, 0.0025, 0.05, 1.0, 60.0])),
+                max_size=200))
+def test_observe_many_equals_observe_one_by_one(amounts: list[float]) -> None:
+    one, many = CollectorRegistry(), CollectorRegistry()
+    bounds = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+    h_one = Histogram("lag_seconds", "lag", ["topic"], buckets=bounds, registry=one)
+    h_many = Histogram("lag_seconds", "lag", ["topic"], buckets=bounds, registry=many)
+    child_one, child_many = h_one.labels("prices"), h_many.labels("prices")
+    for a in amounts:
+        child_one.observe(a)
+    observe_many(child_many, amounts)
+    expected, got = _samples(one), _samples(many)
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        if key[0].endswith("_sum"):
+            assert abs(got[key] - value) <= 1e-9 * max(1.0, abs(value))
+        else:
+            assert got[key] == value, key  # bucket and count samples: exact
