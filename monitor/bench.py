@@ -234,14 +234,15 @@ async def _feed(bootstrap: str, topic: str, rate: float, seconds: float, config:
 
 
 async def _latency(settings: Settings, config: MarketConfig, rate: float, seconds: float,
-                   log_path: Path) -> list[tuple[float, float]]:
+                   log_path: Path) -> list[tuple[float, float, float]]:
     """Live prices at `rate`/s for `seconds` from a feed process; per alert, ms from its event ts to
-    the alert readable on drift-alerts, and to its emission by the worker (its detected_ts)."""
+    the alert readable on drift-alerts, ms to its emission by the worker (its detected_ts), and
+    how far into the run its event ts lies (s)."""
     consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
                                 group_id=None, auto_offset_reset="latest")
     await consumer.start()
     await consumer.seek_to_end()
-    latencies: list[tuple[float, float]] = []  # (event ts to readable, event ts to emitted by the worker)
+    latencies: list[tuple[float, float, float]] = []  # ms to readable, ms to emitted, s into the run
     began = time.time()
     feed = spawn([sys.executable, "-m", "monitor.bench", "feed", settings.bootstrap_servers,
                   settings.topic("prices"), str(rate), str(seconds), str(config.books), str(config.instruments),
@@ -262,7 +263,7 @@ async def _latency(settings: Settings, config: MarketConfig, rate: float, second
                         event = datetime.fromisoformat(alert["event_ts"]).timestamp()
                         if event >= began:
                             emitted = datetime.fromisoformat(alert["detected_ts"]).timestamp()
-                            latencies.append(((now - event) * 1000, (emitted - event) * 1000))
+                            latencies.append(((now - event) * 1000, (emitted - event) * 1000, event - began))
     finally:
         terminate(feed)
         await consumer.stop()
@@ -344,9 +345,19 @@ def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
     return lines + [""]
 
 
-def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
+# The latency feed starts from its own price levels, not where the preloaded market ended: its
+# first prices jump every instrument at once and open a burst of alerts. The steady-state figures
+# start after this (5 s, or a quarter of a shorter run); the burst is reported on its own line.
+LATENCY_WARMUP_S = 5.0
+
+
+def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float, float]], kafka: str,
+            preload: tuple) -> str:
     raw, naive, monitor = drains
-    latencies, in_worker = [p[0] for p in pairs], [p[1] for p in pairs]
+    warmup = min(LATENCY_WARMUP_S, args["latency_seconds"] / 4)
+    steady = [p for p in pairs if p[2] >= warmup]
+    burst = [p[0] for p in pairs if p[2] < warmup]
+    latencies, in_worker = [p[0] for p in steady], [p[1] for p in steady]
     lines = [
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args['books']} books x {args['instruments']} "
         f"instruments, {preload[0]:,} prices, {preload[1]:,} fills",
@@ -368,10 +379,15 @@ def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], k
         f"monitor / naive Faust = {monitor.rate / naive.rate:.1f} (target >= 10).",
         "",
         f"Latency, event ts to alert readable on drift-alerts, at {args['latency_rate']:,.0f} prices/s for "
-        f"{args['latency_seconds']:.0f} s ({len(latencies):,} alerts): p50 {_percentile(latencies, 0.5):.1f} ms, "
-        f"p99 {_percentile(latencies, 0.99):.1f} ms, p99.9 {_percentile(latencies, 0.999):.1f} ms "
-        f"(targets: p99 <= 50 ms, p99.9 <= 200 ms). Of which event ts to emission by the worker "
-        f"(its detected_ts): p50 {_percentile(in_worker, 0.5):.1f} ms, p99 {_percentile(in_worker, 0.99):.1f} ms.",
+        f"{args['latency_seconds']:.0f} s, after the first {warmup:g} s ({len(latencies):,} alerts): "
+        f"p50 {_percentile(latencies, 0.5):.1f} ms, p99 {_percentile(latencies, 0.99):.1f} ms, "
+        f"p99.9 {_percentile(latencies, 0.999):.1f} ms (targets: p99 <= 50 ms, p99.9 <= 200 ms). Of which event "
+        f"ts to emission by the worker (its detected_ts): p50 {_percentile(in_worker, 0.5):.1f} ms, "
+        f"p99 {_percentile(in_worker, 0.99):.1f} ms.",
+        "",
+        f"The first {warmup:g} s, where the feed's own price levels replace the preloaded ones and "
+        f"open a burst of alerts ({len(burst):,} alerts): p50 {_percentile(burst, 0.5):.1f} ms, "
+        f"p99 {_percentile(burst, 0.99):.1f} ms, max {max(burst, default=float('nan')):.1f} ms.",
         "",
     ]
     return "\n".join(lines)

@@ -188,7 +188,7 @@ class Engine:
     def on_risk_model(self, model: RiskModel) -> list[Event]:
         self.risk_models[model.model_id] = model
         for pid in self.policies:
-            if any(lim.metric == "risk_contribution" for lim in self.policies[pid].limits):
+            if self.policies[pid].uses_risk:
                 self._touch(pid, self.clock.get(pid, 0))
         return self._settle()
 
@@ -275,7 +275,7 @@ class Engine:
         out: list[Event] = list(self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs))
         if valuation.ok and valuation.nav is not None and valuation.nav > 0:
             watch.peak_nav = max(watch.peak_nav or 0.0, valuation.nav)
-        uses_risk = any(lim.metric == "risk_contribution" for lim in policy.limits)
+        uses_risk = policy.uses_risk
         risk = self._risk(policy, valuation) if uses_risk else None
         # The same book before this window's fills, at today's prices: what prices alone did.
         before = self._before_fills.pop(portfolio_id, None)
@@ -334,7 +334,7 @@ class Engine:
         last evaluation, or a full revaluation (rebuilding the Exposure) when it cannot be."""
         moved = self._moved.pop(pid, ())
         exposure = self._exposures.get(pid)
-        if exposure is not None and exposure.update(moved, self.instruments, self.prices):
+        if exposure is not None and exposure.update(moved, self.prices):
             return exposure.valuation()
         exposure = Exposure.build(book, policy, self.instruments, self.prices)
         if exposure is None:  # something is missing: value_book says what

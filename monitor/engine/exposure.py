@@ -37,21 +37,31 @@ class Sums:
     buckets: dict[BucketKey, list[float]] = field(default_factory=dict)  # [net, gross, long, short]
     factors: dict[str, float] = field(default_factory=dict)  # sum MV x loading
 
-    def move(self, old: float, new: float, keys: tuple[BucketKey, ...],
+    def move(self, old: float, new: float, buckets: tuple[list[float], ...],
              loadings: tuple[tuple[str, float], ...]) -> None:
-        """One holding's MV goes from `old` to `new`."""
+        """One holding's MV goes from `old` to `new`; `buckets` are the sums of its buckets."""
         d, dabs = new - old, abs(new) - abs(old)
         self.net += d
         self.gross += dabs
         dlong, dshort = max(new, 0.0) - max(old, 0.0), min(new, 0.0) - min(old, 0.0)
-        for key in keys:
-            b = self.buckets[key]
+        for b in buckets:
             b[0] += d
             b[1] += dabs
             b[2] += dlong
             b[3] += dshort
         for factor, beta in loadings:
             self.factors[factor] += d * beta
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What revaluing one position needs, looked up once per build."""
+
+    quantity: float
+    multiplier: float
+    currency: str
+    buckets: tuple[list[float], ...]  # the Sums.buckets entries it feeds
+    loadings: tuple[tuple[str, float], ...]  # (factor, loading) of the factors limits read
 
 
 class Exposure:
@@ -66,13 +76,14 @@ class Exposure:
         factors = {lim.factor or "" for lim in policy.limits if lim.metric in FACTOR_METRICS}
         self.sums = Sums(buckets={key: [0.0, 0.0, 0.0, 0.0] for key in buckets},
                          factors=dict.fromkeys(factors, 0.0))
-        self.keys: dict[str, tuple[BucketKey, ...]] = {}
-        self.loadings: dict[str, tuple[tuple[str, float], ...]] = {}
+        self.holdings: dict[str, Holding] = {}
         self.by_currency: dict[str, list[str]] = {}
         for iid in sorted(self.positions):
             inst = instruments[iid]
-            self.keys[iid] = tuple(k for d in sorted(dims) if (k := (d, inst.attribute(d))) in buckets)
-            self.loadings[iid] = tuple((f, inst.factors[f]) for f in sorted(factors) if inst.factors.get(f))
+            keys = [k for d in sorted(dims) if (k := (d, inst.attribute(d))) in buckets]
+            self.holdings[iid] = Holding(
+                self.positions[iid], inst.multiplier, inst.currency, tuple(self.sums.buckets[k] for k in keys),
+                tuple((f, inst.factors[f]) for f in sorted(factors) if inst.factors.get(f)))
             self.by_currency.setdefault(inst.currency, []).append(iid)
         self.mv: dict[str, float] = {}
         self.input_ts: dict[str, Micros] = {}
@@ -93,11 +104,11 @@ class Exposure:
         if not exposure._refresh_rates(prices):
             return None
         for iid in sorted(exposure.positions):
-            if not exposure._revalue(iid, instruments, prices):
+            if not exposure._revalue(iid, prices):
                 return None
         return exposure
 
-    def update(self, moved: Iterable[str], instruments: Mapping[str, Instrument], prices: PriceBook) -> bool:
+    def update(self, moved: Iterable[str], prices: PriceBook) -> bool:
         """Apply the prices that moved since the last update; False if the cache must be rebuilt."""
         self.updates += 1
         if self.updates >= REBUILD_EVERY:
@@ -110,7 +121,7 @@ class Exposure:
             for ccy, rate in self.rates.items():
                 if before.get(ccy) != rate:
                     changed.update(self.by_currency.get(ccy, ()))
-        return all(self._revalue(iid, instruments, prices) for iid in sorted(changed))
+        return all(self._revalue(iid, prices) for iid in sorted(changed))
 
     def valuation(self) -> Valuation:
         """The current valuation (shares this cache's MVs: use it before the next update)."""
@@ -131,17 +142,19 @@ class Exposure:
         self.cash_base = sum(amount * rates[ccy][0] for ccy, amount in self.cash.items())
         return True
 
-    def _revalue(self, iid: str, instruments: Mapping[str, Instrument], prices: PriceBook) -> bool:
+    def _revalue(self, iid: str, prices: PriceBook) -> bool:
         px = prices.get(iid)
         if px is None:
             return False
-        inst = instruments[iid]
-        rate, rate_ts = self.rates[inst.currency]
-        new = self.positions[iid] * px[0] * inst.multiplier * rate
-        self.sums.move(self.mv.get(iid, 0.0), new, self.keys[iid], self.loadings[iid])
+        price, ts = px
+        h = self.holdings[iid]
+        rate, rate_ts = self.rates[h.currency]
+        new = h.quantity * price * h.multiplier * rate
+        self.sums.move(self.mv.get(iid, 0.0), new, h.buckets, h.loadings)
         self.mv[iid] = new
         if self.input_ts.get(iid) == self.oldest:
             self.oldest = None  # the oldest input may have moved on
-        self.input_ts[iid] = min(px[1], rate_ts) if rate_ts else px[1]
-        self.newest = max(self.newest, px[1])
+        self.input_ts[iid] = min(ts, rate_ts) if rate_ts else ts
+        if ts > self.newest:
+            self.newest = ts
         return True

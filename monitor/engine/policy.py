@@ -126,6 +126,10 @@ class Policy:
     limits: tuple[Limit, ...]
     risk_model: str | None = None  # model_id for risk_contribution limits; None: the only one there is
     rebalance: RebalancePolicy | None = None  # None: alerts only, no rebalance signals
+    uses_risk: bool = field(init=False, repr=False, compare=False)  # a risk_contribution limit: needs a model
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_risk", any(lim.metric in RISK_METRICS for lim in self.limits))
 
     def limit(self, limit_id: str) -> Limit | None:
         return next((lim for lim in self.limits if lim.limit_id == limit_id), None)

@@ -257,7 +257,7 @@ def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: Reb
 def _measure_all(policy: Policy, valuation: Valuation, instruments: Mapping[str, Instrument],
                  peak_nav: float | None, risk_model: RiskModel | None) -> dict[str, Measured]:
     risk = None
-    if risk_model is not None and any(lim.metric == "risk_contribution" for lim in policy.limits):
+    if risk_model is not None and policy.uses_risk:
         risk = decompose_risk(valuation, instruments, risk_model)
     return {lim.limit_id: measure(lim, valuation, instruments, peak_nav, risk) for lim in policy.limits}
 

@@ -28,6 +28,7 @@ one piece, so alerts and signals leave in the order the engine produced them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,18 @@ _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 def now_us() -> Micros:
     return time.time_ns() // 1_000
+
+
+def _freeze_heap(why: str) -> None:
+    """Take every object alive now out of the cyclic collector's scans (gc.freeze).
+
+    Reference data, books, and the framework's objects live as long as the worker. With them
+    scanned, each full collection stopped the worker for 30-60 ms, which was most of the p99
+    of event-to-alert latency. Called once at the first evaluation and once when caught up.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen", why=why, objects=gc.get_freeze_count())
 
 
 def _timestamp_ms(seconds: float | None) -> int | None:
@@ -101,6 +114,7 @@ class Worker:
         self.engine = engine or Engine(settings.tick)
         self._started = time.monotonic()
         self._first_evaluation = False
+        self._caught_up = False
         app = faust.App(
             settings.topic(settings.app_id),
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -281,6 +295,9 @@ class Worker:
             if watermark == AHEAD and not len(self.gate):  # both streams read to the end
                 self.engine.end_warmup()
                 alerts += self.engine.flush()
+                if not self._caught_up:
+                    self._caught_up = True
+                    _freeze_heap("inputs read to the end")
             await self._emit(alerts)
             metrics.GATE_HELD.set(len(self.gate))
 
@@ -379,6 +396,7 @@ class Worker:
     async def _emit(self, events: list[Event]) -> None:
         if not self._first_evaluation and self.engine.status:
             self._first_evaluation = True
+            _freeze_heap("first evaluation")
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         now = now_us()
         for event in events:

@@ -60,7 +60,7 @@ def test_deltas_equal_a_full_revaluation(quantities, start, windows):
         ts += 1
         for iid, px in window:
             prices[iid] = (px, ts)
-        assert exposure.update({iid for iid, _ in window}, instruments, prices)
+        assert exposure.update({iid for iid, _ in window}, prices)
         kept, full = exposure.valuation(), value_book(book, "EUR", instruments, prices)
         assert kept.nav == pytest.approx(full.nav, rel=1e-9, abs=1e-6)
         assert kept.mv == pytest.approx(dict(full.mv), rel=1e-12)
@@ -84,5 +84,5 @@ def test_a_missing_price_or_rate_means_no_cache_and_a_periodic_rebuild_is_asked_
     exposure = Exposure.build(book, POLICY, instruments, prices)
     assert exposure is not None
     for _ in range(REBUILD_EVERY - 1):
-        assert exposure.update({"I0"}, instruments, prices)
-    assert not exposure.update({"I0"}, instruments, prices)  # time for a full revaluation
+        assert exposure.update({"I0"}, prices)
+    assert not exposure.update({"I0"}, prices)  # time for a full revaluation
