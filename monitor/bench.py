@@ -14,6 +14,7 @@ markdown table to BENCHMARKS.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import platform
 import resource
@@ -169,15 +170,35 @@ def _peak_rss_mb(pid: int) -> float:
 POLL_SECONDS = (0.02, 0.25)
 
 
-def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drain, subprocess.Popen[bytes]]:
-    """Start a worker on the preloaded topics; time it from its first price read to its last price
-    applied to the engine (all read, none left waiting in the gate)."""
+def _spawn_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
            "MONITOR_LOG_LEVEL": "warning"}
+    return spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
+
+
+def _live_worker(settings: Settings, books: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A worker on topics holding reference data only, once it has read every book's snapshot."""
+    proc = _spawn_worker(settings, workdir)
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if scrape(url).get(("monitor_events_consumed_total", (("topic", "positions"),)), 0.0) >= books:
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.1)
+    terminate(proc)
+    raise click.ClickException(f"the latency run's worker did not read its books: see {workdir / 'bench-worker.log'}")
+
+
+def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drain, subprocess.Popen[bytes]]:
+    """Start a worker on the preloaded topics; time it from its first price read to its last price
+    applied to the engine (all read, none left waiting in the gate)."""
     started = time.perf_counter()
-    proc = spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
+    proc = _spawn_worker(settings, workdir)
     url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
     first = last = first_evaluation = None
     seen = 0.0
@@ -209,24 +230,36 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
     return Drain("monitor (full engine)", prices, last - first, cpu, _peak_rss_mb(proc.pid), first_evaluation), proc
 
 
+# The simulator takes ~75 us a tick at 2,000 instruments (it draws every instrument's shock each
+# step): too slow to generate 20,000 prices/s live. The feed computes this many seconds of ticks
+# before its clock starts, then plays them forth and back.
+FEED_CYCLE_S = 5.0
+FEED_STARTED = "feed started at"
+
+
 async def _feed(bootstrap: str, topic: str, rate: float, seconds: float, config: MarketConfig) -> None:
     """Produce live prices at `rate`/s for `seconds`, each stamped with the wall clock as it is sent.
     Runs in its own process (`python -m monitor.bench feed ...`), so that producing 20,000
     messages/s does not delay the reader that timestamps the alerts."""
-    market = Market(replace(config, seed=config.seed + 1, start=datetime.now(timezone.utc)))
-    ticks = (e for e in market.ticks() if e.topic == "prices")
+    market = Market(replace(config, tick_rate=rate, start=datetime.now(timezone.utc)))  # simulated time = wall time
+    ticks = [(e.key.encode(), e.value) for e in
+             itertools.islice((e for e in market.ticks() if e.topic == "prices"), int(rate * FEED_CYCLE_S))]
+    loop = ticks + ticks[::-1]  # forth and back: each instrument's path stays continuous
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
     await producer.start()
     try:
         began = time.time()
+        print(f"{FEED_STARTED} {began}", flush=True)  # the reader's latency run starts here
         sent = 0
         while time.time() - began < seconds:
             due = int((time.time() - began) * rate)
             while sent < due:
-                event = next(ticks)
-                value = {**event.value, "ts": format_ts(datetime.now(timezone.utc))}
-                await producer.send(topic, orjson.dumps(value), key=event.key.encode())
+                key, value = loop[sent % len(loop)]
+                await producer.send(topic, orjson.dumps({**value, "ts": format_ts(datetime.now(timezone.utc))}),
+                                    key=key)
                 sent += 1
+                if sent % 64 == 0:
+                    await asyncio.sleep(0)  # let the producer's sender ship what is stamped
             await asyncio.sleep(0.001)
         await producer.flush()
     finally:
@@ -234,16 +267,16 @@ async def _feed(bootstrap: str, topic: str, rate: float, seconds: float, config:
 
 
 async def _latency(settings: Settings, config: MarketConfig, rate: float, seconds: float,
-                   log_path: Path) -> list[tuple[float, float, float]]:
+                   log_path: Path) -> list[tuple[float, float]]:
     """Live prices at `rate`/s for `seconds` from a feed process; per alert, ms from its event ts to
-    the alert readable on drift-alerts, ms to its emission by the worker (its detected_ts), and
-    how far into the run its event ts lies (s)."""
+    the alert readable on drift-alerts, and to its emission by the worker (its detected_ts)."""
     consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
                                 group_id=None, auto_offset_reset="latest")
     await consumer.start()
     await consumer.seek_to_end()
-    latencies: list[tuple[float, float, float]] = []  # ms to readable, ms to emitted, s into the run
-    began = time.time()
+    latencies: list[tuple[float, float]] = []  # ms to readable, ms to emitted by the worker
+    began: float | None = None  # when the feed's clock starts (after it has computed its ticks)
+    offset = log_path.stat().st_size if log_path.exists() else 0
     feed = spawn([sys.executable, "-m", "monitor.bench", "feed", settings.bootstrap_servers,
                   settings.topic("prices"), str(rate), str(seconds), str(config.books), str(config.instruments),
                   str(config.seed)], env=dict(os.environ), log_path=log_path)
@@ -254,6 +287,8 @@ async def _latency(settings: Settings, config: MarketConfig, rate: float, second
                 if feed.returncode != 0:
                     raise click.ClickException(f"the price feed failed ({feed.returncode}): see {log_path}")
                 ended = time.time()
+            if began is None:
+                began = _feed_start(log_path, offset)
             batch = await consumer.getmany(timeout_ms=50)
             now = time.time()
             for records in batch.values():
@@ -261,16 +296,27 @@ async def _latency(settings: Settings, config: MarketConfig, rate: float, second
                     alert = orjson.loads(r.value)
                     if alert["event_ts"] and alert["inputs"]["price_ts"]:
                         event = datetime.fromisoformat(alert["event_ts"]).timestamp()
-                        if event >= began:
+                        if began is not None and event >= began:
                             emitted = datetime.fromisoformat(alert["detected_ts"]).timestamp()
-                            latencies.append(((now - event) * 1000, (emitted - event) * 1000, event - began))
+                            latencies.append(((now - event) * 1000, (emitted - event) * 1000))
     finally:
         terminate(feed)
         await consumer.stop()
     return latencies
 
 
-def _batches(before: dict, after: dict, wall_seconds: float) -> str:
+def _feed_start(log_path: Path, offset: int) -> float | None:
+    """The wall time the feed process's clock started, once it has said so in its log (which is
+    appended to: read from `offset`, its size before this feed)."""
+    with log_path.open("rb") as f:
+        f.seek(offset)
+        for line in f.read().decode(errors="replace").splitlines():
+            if line.startswith(FEED_STARTED):
+                return float(line.split()[-1])
+    return None
+
+
+def _batches(before: dict, after: dict, wall_seconds: float, feed_seconds: float) -> str:
     """What the worker did during the latency run: price batches applied, their size and time."""
     def delta(name: str, labels: tuple = ()) -> float:
         return after.get((name, labels), 0.0) - before.get((name, labels), 0.0)
@@ -280,9 +326,11 @@ def _batches(before: dict, after: dict, wall_seconds: float) -> str:
     cpu = delta("process_cpu_seconds_total")
     if not count:
         return ""
-    return (f"During the latency run the worker applied {count:,.0f} price batches: {prices / count:,.0f} prices "
-            f"and {seconds / count * 1000:.1f} ms of evaluation each on average, and used {cpu:.1f} CPU s "
-            f"in {wall_seconds:.0f} s.\n\n")
+    return (f"During the latency run the worker read {prices:,.0f} prices ({prices / feed_seconds:,.0f}/s over the "
+            f"feed's {feed_seconds:.0f} s) and evaluated {count:,.0f} times (the prices of one event-time window, or "
+            f"of what one fetch held of it): {prices / count:,.0f} prices and {seconds / count * 1000:.2f} ms each on "
+            f"average; it used {cpu:.1f} CPU s "
+            f"in the {wall_seconds:.0f} s of the run.\n\n")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -345,19 +393,9 @@ def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
     return lines + [""]
 
 
-# The latency feed starts from its own price levels, not where the preloaded market ended: its
-# first prices jump every instrument at once and open a burst of alerts. The steady-state figures
-# start after this (5 s, or a quarter of a shorter run); the burst is reported on its own line.
-LATENCY_WARMUP_S = 5.0
-
-
-def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float, float]], kafka: str,
-            preload: tuple) -> str:
+def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
     raw, naive, monitor = drains
-    warmup = min(LATENCY_WARMUP_S, args["latency_seconds"] / 4)
-    steady = [p for p in pairs if p[2] >= warmup]
-    burst = [p[0] for p in pairs if p[2] < warmup]
-    latencies, in_worker = [p[0] for p in steady], [p[1] for p in steady]
+    latencies, in_worker = [p[0] for p in pairs], [p[1] for p in pairs]
     lines = [
         f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args['books']} books x {args['instruments']} "
         f"instruments, {preload[0]:,} prices, {preload[1]:,} fills",
@@ -379,15 +417,12 @@ def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float, flo
         f"monitor / naive Faust = {monitor.rate / naive.rate:.1f} (target >= 10).",
         "",
         f"Latency, event ts to alert readable on drift-alerts, at {args['latency_rate']:,.0f} prices/s for "
-        f"{args['latency_seconds']:.0f} s, after the first {warmup:g} s ({len(latencies):,} alerts): "
+        f"{args['latency_seconds']:.0f} s, a live feed going on from the market's start-of-day prices on fresh "
+        f"topics ({len(latencies):,} alerts): "
         f"p50 {_percentile(latencies, 0.5):.1f} ms, p99 {_percentile(latencies, 0.99):.1f} ms, "
         f"p99.9 {_percentile(latencies, 0.999):.1f} ms (targets: p99 <= 50 ms, p99.9 <= 200 ms). Of which event "
         f"ts to emission by the worker (its detected_ts): p50 {_percentile(in_worker, 0.5):.1f} ms, "
         f"p99 {_percentile(in_worker, 0.99):.1f} ms.",
-        "",
-        f"The first {warmup:g} s, where the feed's own price levels replace the preloaded ones and "
-        f"open a burst of alerts ({len(burst):,} alerts): p50 {_percentile(burst, 0.5):.1f} ms, "
-        f"p99 {_percentile(burst, 0.99):.1f} ms, max {max(burst, default=float('nan')):.1f} ms.",
         "",
     ]
     return "\n".join(lines)
@@ -442,13 +477,21 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
                          naive_seconds + 120)
         click.echo(f"  naive Faust: {naive.rate:,.0f} events/s")
         monitor, proc = _monitor_drain(settings, preload[0], workdir)
+        terminate(proc)
         click.echo(f"  monitor: {monitor.rate:,.0f} events/s")
+        # Latency on fresh topics holding the same market's reference data and start-of-day
+        # snapshots only: the live feed then goes on from those prices and this moment, as a
+        # real feed would. (After the preload, the event-time clock would jump from the
+        # preloaded market's simulated day to the wall clock: every book stale at once.)
+        settings, _ = _preloaded(bootstrap, replace(config, start=datetime.now(timezone.utc)), 0)
+        proc = _live_worker(settings, books, workdir)
         url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
         try:
             before = scrape(url)
+            run_began = time.time()
             latencies = asyncio.run(_latency(settings, config, latency_rate, latency_seconds,
                                              workdir / "bench-feed.log"))
-            batches = _batches(before, scrape(url), latency_seconds + 2.0)  # + the wait for the last alerts
+            batches = _batches(before, scrape(url), time.time() - run_began, latency_seconds)
         finally:
             terminate(proc)
         first = monitor.first_evaluation_s

@@ -77,7 +77,7 @@ class Replay:
                     out, pending = self.engine.on_prices(pending), []
                 else:
                     out, pending = (self.engine.on_prices(pending) if pending else []), []
-                    out += _apply(self.engine, event)
+                    out += apply_event(self.engine, event)
             except Rejected as r:
                 self.stats.rejected.append((number, r.code, r.reason))
                 continue
@@ -88,7 +88,8 @@ class Replay:
         yield from out
 
 
-def _apply(engine: Engine, event: object) -> list[Event]:
+def apply_event(engine: Engine, event: object) -> list[Event]:
+    """One event other than a price into the engine, by its type."""
     if isinstance(event, Fill):
         return engine.on_fill(event)
     if isinstance(event, Snapshot):

@@ -231,6 +231,15 @@ class Engine:
                 out += self.watches[pid].signals.expire(self.market_clock)
         return out
 
+    def close_window(self, until: Micros) -> list[Event]:
+        """Every event before `until` has been applied: evaluate the open window now if it ends by
+        then, instead of when the first event beyond it arrives. The window's content is complete,
+        so the result is the same; it only comes sooner (the live worker's price feed is read in
+        batches, and its last window would otherwise wait for the next batch)."""
+        if self.tick <= 0 or self._window_end is None or self._window_end > until:
+            return []
+        return self.flush()
+
     def end_warmup(self) -> None:
         """The inputs have been re-read to their end: restored books are judged again from now."""
         for pid, clock in self._warming.items():
