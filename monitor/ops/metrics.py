@@ -25,7 +25,8 @@ EVENT_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 EVALUATION_SECONDS = Histogram(
-    "monitor_evaluation_seconds", "Time to evaluate the books touched by one batch of events",
+    "monitor_evaluation_seconds",
+    "Time to apply one event-time window's prices (or what one fetch held of it) and evaluate the books they touch",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 BOOK_NAV = Gauge("monitor_book_nav", "Book NAV in its base currency", ["portfolio_id"])
