@@ -45,7 +45,7 @@ from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
 from monitor.stream.codec import dead_letter, decode_event, encode
-from monitor.stream.gate import AHEAD, Gate
+from monitor.stream.gate import AHEAD, Gate, laggards
 
 log = structlog.get_logger("monitor.worker")
 
@@ -164,6 +164,7 @@ class Worker:
         self._price_read: dict[int, Micros] = {}  # price partition -> newest price ts read
         self._market_mark: Micros = 0
         self._market_progress: Micros = 0
+        self._prices_unread: set[int] = set()  # price partitions not read to their end
 
         app.agent(self.book_events, name="book-events")(self._book_agent)
         app.task(self._market_data)
@@ -283,6 +284,7 @@ class Worker:
         the least newest ts read over all price partitions). Below the second, no price can come
         any more even on a partition read to its end, since each partition is in event-time order."""
         mark = progress = AHEAD
+        unread: set[int] = set()
         for tp in consumer.assignment():
             if tp.topic == self._prices_topic:
                 newest = self._price_read.get(tp.partition, 0)
@@ -290,6 +292,8 @@ class Worker:
                 highwater = consumer.highwater(tp)
                 if highwater is None or await consumer.position(tp) < highwater:
                     mark = min(mark, newest)
+                    unread.add(tp.partition)
+        self._prices_unread = unread
         return mark, progress
 
     async def _drain(self) -> None:
@@ -337,7 +341,7 @@ class Worker:
                  seconds_since_start=round(time.monotonic() - self._started, 3))
         try:
             while True:
-                if len(self.gate) < MAX_HELD:
+                if self._read_prices_from(consumer):
                     batch = await consumer.getmany(timeout_ms=20, max_records=MARKET_BATCH)
                 else:  # the book stream is behind: let it catch up before reading more prices
                     batch = {}
@@ -349,6 +353,19 @@ class Worker:
                 await self._drain()
         finally:
             await consumer.stop()
+
+    def _read_prices_from(self, consumer: AIOKafkaConsumer) -> bool:
+        """Resume every price partition while the gate has room. Once it holds MAX_HELD, read only
+        the partitions that hold the watermark back (`laggards`), pausing the others; False when
+        none is to be read (the book stream is behind)."""
+        prices = [tp for tp in consumer.assignment() if tp.topic == self._prices_topic]
+        if len(self.gate) < MAX_HELD:
+            consumer.resume(*prices)
+            return True
+        read = laggards(self._price_read, self._prices_unread, self._book_mark())
+        consumer.pause(*(tp for tp in prices if tp.partition not in read))
+        consumer.resume(*(tp for tp in prices if tp.partition in read))
+        return bool(read)
 
     async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
         """One batch (records by partition): reference data goes to the engine at once, prices to

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Iterable, Mapping, TypeVar
 
 from monitor.engine.model import Micros
 
@@ -46,3 +46,19 @@ class Gate(Generic[T]):
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
         self._held = [h for h in self._held if not unwanted(h[2])]
         heapq.heapify(self._held)
+
+
+def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Micros) -> set[int]:
+    """With the gate full, the partitions of a stream to go on reading so its watermark can move:
+    of those not read to their end, the ones whose newest event ts is the least (they hold the
+    watermark back). None if the other stream's mark is at or below that: it must catch up first.
+
+    Reading nothing at all while full would never end when the laggard is in this stream.
+    """
+    unread = list(unread)
+    if not unread:
+        return set()
+    least = min(newest.get(p, 0) for p in unread)
+    if other_mark <= least:
+        return set()
+    return {p for p in unread if newest.get(p, 0) == least}

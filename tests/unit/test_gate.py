@@ -1,0 +1,27 @@
+"""The gate between the worker's two streams: release in event-time order, and who to read when full."""
+
+from monitor.stream.gate import AHEAD, Gate, laggards
+
+
+def test_releases_below_the_watermark_in_event_time_order_ties_as_they_came():
+    gate: Gate[str] = Gate()
+    for ts, item in [(30, "c"), (10, "a1"), (20, "b"), (10, "a2"), (40, "d")]:
+        gate.hold(ts, item)
+    assert gate.release(31) == ["a1", "a2", "b", "c"]
+    assert len(gate) == 1 and gate.release(AHEAD) == ["d"]
+
+
+def test_when_full_it_reads_the_partitions_that_hold_the_watermark_back():
+    newest = {0: 500, 1: 120, 2: 900, 3: 120}
+    # Partitions 1 and 3 are the least read; the book stream is further ahead: read them.
+    assert laggards(newest, unread={0, 1, 2, 3}, other_mark=1_000) == {1, 3}
+    # A partition never read yet (newest 0) holds everything back: it alone is read.
+    assert laggards({0: 500, 1: 120}, unread={0, 1, 2}, other_mark=AHEAD) == {2}
+    # A partition read to its end holds nothing back, whatever its newest ts.
+    assert laggards(newest, unread={0, 2}, other_mark=AHEAD) == {0}
+
+
+def test_when_full_and_the_other_stream_is_behind_it_reads_nothing():
+    assert laggards({0: 500, 1: 700}, unread={0, 1}, other_mark=400) == set()
+    assert laggards({0: 500, 1: 700}, unread={0, 1}, other_mark=500) == set()
+    assert laggards({0: 500}, unread=set(), other_mark=AHEAD) == set()
