@@ -292,31 +292,28 @@ class Engine:
                           self.instruments, self.prices) if before else None
         held_risk = self._risk(policy, held) if held is not None and uses_risk else None
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
-        # The common case, in line: a linear metric kept by the Exposure, on a limit with nothing
-        # open or pending that is inside its band. Its lifecycle only notes "inside now".
-        quick = judging and held is None and valuation.sums is not None and (valuation.nav or 0.0) > 0
+        # A linear metric is read from the sums an Exposure keeps (valued, NAV > 0); the common case,
+        # a limit with nothing open or pending that is inside its band, only notes "inside now".
         nav = valuation.nav or 0.0
+        kept = valuation.sums is not None and nav > 0
+        quick = judging and held is None and kept
         worst: tuple[float, float] | None = None  # (usage, drift)
         triggered = False
         for limit in policy.limits:
             state = watch.limits.get(limit.limit_id)
-            if quick and state is not None and state.alert_id is None and state.breach_since is None:
-                actual = measure_kept(limit, nav, valuation)
-                if actual is not None:
-                    drift = actual - limit.target
-                    usage = drift / limit.band.above if drift >= 0 else -drift / limit.band.below
-                    if usage <= 1.0:  # what step() and attribute() do for it
-                        if worst is None or usage > worst[0]:
-                            worst = (usage, drift)
-                        state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
-                        continue
-            actual, _why = measure(limit, valuation, self.instruments, watch.peak_nav, risk)
+            actual = measure_kept(limit, nav, valuation) if kept else None
             if actual is None:
-                continue  # unavailable: neither opens nor resolves
+                actual = measure(limit, valuation, self.instruments, watch.peak_nav, risk)[0]
+                if actual is None:
+                    continue  # unavailable: neither opens nor resolves
             drift = actual - limit.target
             usage = limit.band.usage(drift)
             if worst is None or usage > worst[0]:
                 worst = (usage, drift)
+            if quick and usage <= 1.0 and state is not None and state.alert_id is None and state.breach_since is None:
+                # what attribute() and step() do for it
+                state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
+                continue
             if state is None:
                 state = watch.limits[limit.limit_id] = LimitState()
             held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
@@ -326,7 +323,7 @@ class Engine:
                 if event is not None:
                     out.append(replace(event, attribution=state.attribution()))
                     triggered |= self._triggers(policy, event)
-        if policy.rebalance is not None and judging and valuation.ok and (valuation.nav or 0.0) > 0:
+        if policy.rebalance is not None and judging and valuation.ok and nav > 0:
             out += self._rebalance(policy, book, valuation, watch, ts, triggered)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
