@@ -181,7 +181,7 @@ def _spawn_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
 def _live_worker(settings: Settings, books: int, workdir: Path) -> subprocess.Popen[bytes]:
     """A worker on topics holding reference data only, once it has read every book's snapshot."""
     proc = _spawn_worker(settings, workdir)
-    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    url = settings.local_metrics_url
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -199,7 +199,7 @@ def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drai
     applied to the engine (all read, none left waiting in the gate)."""
     started = time.perf_counter()
     proc = _spawn_worker(settings, workdir)
-    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    url = settings.local_metrics_url
     first = last = first_evaluation = None
     seen = 0.0
     cpu_at_first = 0.0
@@ -485,7 +485,7 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
         # preloaded market's simulated day to the wall clock: every book stale at once.)
         settings, _ = _preloaded(bootstrap, replace(config, start=datetime.now(timezone.utc)), 0)
         proc = _live_worker(settings, books, workdir)
-        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+        url = settings.local_metrics_url
         try:
             before = scrape(url)
             run_began = time.time()

@@ -133,7 +133,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
         finally:
             terminate(simulator)
             try:
-                summary.events_in = events_consumed(f"http://127.0.0.1:{settings.metrics_port}/metrics")
+                summary.events_in = events_consumed(settings.local_metrics_url)
             except OSError:
                 pass  # the worker is gone already: the summary says none
             terminate(worker)

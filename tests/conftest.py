@@ -92,7 +92,7 @@ class WorkerProcess:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        return self.settings.local_metrics_url
 
     def metrics(self) -> dict[Sample, float]:
         """Every sample of the worker's /metrics."""

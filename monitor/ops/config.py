@@ -38,6 +38,11 @@ class Settings:
         """The evaluation window in event-time microseconds."""
         return round(self.tick_ms * 1000)
 
+    @property
+    def local_metrics_url(self) -> str:
+        """Where a process on this machine scrapes the worker's /metrics (bench, demo, tests)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def topic(self, logical: str) -> str:
         """Physical topic name of a logical one."""
         return f"{self.topic_prefix}{logical}"
