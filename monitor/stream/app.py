@@ -15,7 +15,8 @@ that hands them to the engine in event-time order below a watermark, so the live
 worker emits exactly what `monitor replay` emits for the same log. A fill or snapshot
 waiting there is also in an `inbox` table, so nothing read is lost if the worker stops
 before applying it. Events without an event time (policies, approvals, instruments, risk
-models) apply on arrival.
+models) apply on arrival; while any of them on the broker is still unread, the gate releases
+nothing, so a worker never evaluates without the reference data the log put before its prices.
 
 What the engine remembers between evaluations (alert lifecycles, peak NAV, the book's
 rebalance signals) is a third table, written whenever an alert or signal event leaves the worker, so a restarted worker goes
@@ -282,17 +283,25 @@ class Worker:
     async def _read_market_mark(self, consumer: AIOKafkaConsumer) -> tuple[Micros, Micros]:
         """(the ts below which every price has been read, AHEAD for partitions read to the end;
         the least newest ts read over all price partitions). Below the second, no price can come
-        any more even on a partition read to its end, since each partition is in event-time order."""
+        any more even on a partition read to its end, since each partition is in event-time order.
+
+        Reference data (instruments, risk models) has no event time: while any of it on the broker
+        is unread, the mark is 0, so nothing is evaluated without it. Otherwise a worker starting on
+        a backlog could value its first seconds of prices before the instruments arrive (say, a
+        region's weight without the region), and a breach would start later than in the log."""
         mark = progress = AHEAD
         unread: set[int] = set()
         for tp in consumer.assignment():
-            if tp.topic == self._prices_topic:
-                newest = self._price_read.get(tp.partition, 0)
-                progress = min(progress, newest)
-                highwater = consumer.highwater(tp)
-                if highwater is None or await consumer.position(tp) < highwater:
-                    mark = min(mark, newest)
-                    unread.add(tp.partition)
+            highwater = consumer.highwater(tp)
+            read_to_end = highwater is not None and await consumer.position(tp) >= highwater
+            if tp.topic != self._prices_topic:
+                mark = mark if read_to_end else 0
+                continue
+            newest = self._price_read.get(tp.partition, 0)
+            progress = min(progress, newest)
+            if not read_to_end:
+                mark = min(mark, newest)
+                unread.add(tp.partition)
         self._prices_unread = unread
         return mark, progress
 
