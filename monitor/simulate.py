@@ -96,6 +96,12 @@ DEFAULT_REBALANCE: dict[str, Any] = {
     "max_participation": 0.05,
 }
 APPROVAL_NAV_FRACTION = 0.10
+DRAWDOWN_BAND = 0.05  # drawdown limit: alert below 95% of the peak NAV
+RISK_SHARE_BAND = 0.15  # absolute band of the market factor's share of a book's variance
+RISK_MODEL_ID = "SIM-DAILY"
+RISK_FACTORS = ("market", "value", "momentum")
+FACTOR_COVARIANCE = ((1.44e-4, -1.0e-5, 5.0e-6), (-1.0e-5, 3.6e-5, -8.0e-6), (5.0e-6, -8.0e-6, 3.6e-5))
+SPECIFIC_SHARE = 0.6  # of an instrument's daily variance that is its own
 APPROVAL_TTL_SECONDS = 120.0
 _BLOCK = 1024  # price steps drawn per numpy call; fixed, so the stream never depends on it
 
@@ -307,15 +313,62 @@ class Market:
         limits.append({"id": "gross_leverage", "metric": "gross_leverage",
                        "target": sum(abs(v) for v in mv.values()) / nav,
                        "band": {"type": "relative", "width": cfg.leverage_band}})
+        # every other metric kind once: net leverage, the gross/long/short split of the book's
+        # largest region, its market beta, its drawdown and the market factor's share of its risk
+        limits.append({"id": "net_leverage", "metric": "net_leverage", "target": sum(mv.values()) / nav,
+                       "band": {"type": "absolute", "width": cfg.leverage_band}})
+        by_region: dict[str, list[float]] = {}
+        for iid, w in weights.items():
+            by_region.setdefault(self.by_id[iid]["region"], []).append(w)
+        region = max(sorted(by_region), key=lambda r: sum(abs(w) for w in by_region[r]))
+        split = {"gross_weight": sum(abs(w) for w in by_region[region]),
+                 "long_weight": sum(w for w in by_region[region] if w > 0),
+                 "short_weight": sum(w for w in by_region[region] if w < 0)}
+        for metric, target in split.items():
+            limits.append({"id": f"{metric}:region:{region}", "metric": metric, "dimension": "region",
+                           "bucket": region, "target": target,
+                           "band": {"type": "absolute", "width": cfg.sector_band}})
+        limits.append({"id": "exposure:market", "metric": "exposure", "factor": "market",
+                       "target": sum(w * self.by_id[iid]["factors"]["market"] for iid, w in weights.items()),
+                       "band": {"type": "absolute", "width": cfg.leverage_band}})
+        limits.append({"id": "drawdown", "metric": "drawdown", "target": 0.0,
+                       "band": {"type": "absolute", "width": DRAWDOWN_BAND}})
+        limits.append({"id": "risk_contribution:factor:market", "metric": "risk_contribution",
+                       "dimension": "factor", "bucket": "market", "target": self._market_risk_share(weights),
+                       "band": {"type": "absolute", "width": RISK_SHARE_BAND}})
         approval = {"notional_above": round(APPROVAL_NAV_FRACTION * nav, -3), "ttl_seconds": APPROVAL_TTL_SECONDS}
         return {"portfolio_id": book.portfolio_id, "version": 1, "base_currency": book.base_currency,
-                "evaluation": dict(cfg.evaluation), "limits": limits,
+                "evaluation": dict(cfg.evaluation), "limits": limits, "risk_model": RISK_MODEL_ID,
                 "rebalance": {**DEFAULT_REBALANCE, "approval": approval}}
 
+    def risk_model(self) -> dict[str, Any]:
+        """The factor risk model the policies' risk_contribution limits use (daily variances):
+        the market, value and momentum factors, and each instrument's own variance as the part
+        of its daily variance the factors leave."""
+        return {"model_id": RISK_MODEL_ID, "as_of": format_ts(self.config.start), "factors": list(RISK_FACTORS),
+                "covariance": [list(row) for row in FACTOR_COVARIANCE],
+                "specific_var": {i["instrument_id"]: round(SPECIFIC_SHARE * i["daily_vol"] ** 2, 10)
+                                 for i in self.instruments if i["asset_class"] != "fx"}}
+
+    def _market_risk_share(self, weights: Mapping[str, float]) -> float:
+        """The market factor's Euler share of the book's variance under `risk_model` (the target
+        of its risk_contribution limit, so a fresh book starts on target)."""
+        model = self.risk_model()
+        ids = sorted(weights)
+        w = np.array([weights[iid] for iid in ids])
+        loadings = np.array([[self.by_id[iid]["factors"].get(f, 0.0) for f in RISK_FACTORS] for iid in ids])
+        cov = np.array(model["covariance"])
+        x = loadings.T @ w
+        fx = cov @ x
+        total = float(x @ fx) + float(np.sum(w * w * np.array([model["specific_var"][iid] for iid in ids])))
+        return float(x[0] * fx[0]) / total
+
     def reference_events(self) -> list[Event]:
-        """Instruments, policies, start-of-day snapshots, then one price per instrument at `start`."""
+        """Instruments, the risk model, policies, start-of-day snapshots, then one price per
+        instrument at `start`."""
         as_of = format_ts(self.config.start)
         events = [Event("instruments", i["instrument_id"], i) for i in self.instruments]
+        events.append(Event("risk-models", RISK_MODEL_ID, self.risk_model()))
         events += [Event("policies", p["portfolio_id"], p) for p in self.policies]
         events += [Event("positions", b.portfolio_id, {
             "portfolio_id": b.portfolio_id, "as_of": as_of, "cash": dict(b.cash),

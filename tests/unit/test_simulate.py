@@ -33,10 +33,15 @@ FIELDS = {
     "prices": {"instrument_id", "price", "ts"},
     "fills": {"fill_id", "portfolio_id", "instrument_id", "side", "quantity", "price", "ts", "fees"},
     "positions": {"portfolio_id", "as_of", "cash", "positions"},
-    "policies": {"portfolio_id", "version", "base_currency", "evaluation", "limits", "rebalance"},
+    "policies": {"portfolio_id", "version", "base_currency", "evaluation", "limits", "rebalance", "risk_model"},
+    "risk-models": {"model_id", "as_of", "factors", "covariance", "specific_var"},
 }
 INSTRUMENT_FIELDS = {"instrument_id", "currency", "asset_class", "sector", "region", "multiplier",
                      "adv", "spread_bps", "daily_vol", "factors"}
+
+
+METRICS = ("weight", "net_weight", "gross_weight", "long_weight", "short_weight", "gross_leverage", "net_leverage",
+           "exposure", "drawdown", "risk_contribution")
 
 
 def session(config: MarketConfig, n: int) -> list[Event]:
@@ -107,7 +112,7 @@ def test_times_stay_monotone_with_a_tick_rate_that_does_not_divide_a_millisecond
 def test_values_carry_exactly_the_contract_fields() -> None:
     events = session(MarketConfig(start=START, fill_rate=20.0), 5_000)
     topics = {e.topic for e in events}
-    assert topics == {"instruments", "policies", "positions", "prices", "fills"}
+    assert topics == {"instruments", "risk-models", "policies", "positions", "prices", "fills"}
     for event in events:
         if event.topic == "instruments":
             expected = INSTRUMENT_FIELDS
@@ -117,7 +122,7 @@ def test_values_carry_exactly_the_contract_fields() -> None:
             assert event.key == event.value["instrument_id"]
         else:
             assert set(event.value) == FIELDS[event.topic], event
-            key_field = "instrument_id" if event.topic == "prices" else "portfolio_id"
+            key_field = {"prices": "instrument_id", "risk-models": "model_id"}.get(event.topic, "portfolio_id")
             assert event.key == event.value[key_field]
         if event.topic in ("prices", "fills"):
             assert event.value["price"] > 0
@@ -130,7 +135,7 @@ def test_values_carry_exactly_the_contract_fields() -> None:
                        for p in event.value["positions"])
         if event.topic == "policies":
             for limit in event.value["limits"]:
-                assert limit["metric"] in ("weight", "net_weight", "gross_leverage")
+                assert limit["metric"] in METRICS
                 assert limit["band"]["type"] in ("absolute", "relative")
 
 
@@ -226,6 +231,27 @@ def test_policy_targets_are_the_initial_exposures_and_nav_is_positive() -> None:
             assert lev["target"] == pytest.approx(sum(abs(v) for v in mv.values()) / nav, rel=1e-12)
             assert lev["band"] == {"type": "relative", "width": 0.1}
             assert 1.0 < lev["target"] < 4.0
+
+
+def test_every_metric_kind_is_limited_and_the_engine_finds_each_book_on_target_at_the_start() -> None:
+    """The engine, given only the published reference events, measures every limit of every
+    book (risk contribution through the published risk model) at its target."""
+    from monitor.engine import Engine
+    from monitor.stream.codec import event_from_doc
+
+    market = Market(MarketConfig(books=4, seed=9, start=START))
+    assert {lim["metric"] for p in market.policies for lim in p["limits"]} == set(METRICS)
+    engine = Engine()
+    for event in market.reference_events():
+        decoded = event_from_doc(event.topic, event.value, event.topic)
+        handler = {"instruments": engine.on_instrument, "risk-models": engine.on_risk_model,
+                   "policies": engine.on_policy, "positions": engine.on_snapshot}.get(event.topic)
+        assert (handler(decoded) if handler else engine.on_prices([decoded])) == []  # type: ignore[arg-type]
+    for policy in market.policies:
+        status = engine.status[policy["portfolio_id"]]
+        assert status.unavailable is None and status.band_usage == pytest.approx(0.0, abs=1e-9)
+        watch = engine.watches[policy["portfolio_id"]]
+        assert {lim["id"] for lim in policy["limits"]} == set(watch.limits)
 
 
 def test_policies_rebalance_targeted_to_the_inner_rail_with_approval_above_a_share_of_nav() -> None:
