@@ -20,12 +20,12 @@ from typing import Any, Iterable
 
 from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, step
 from monitor.engine.book import Book
-from monitor.engine.exposure import Exposure
+from monitor.engine.exposure import Exposures, Row
 from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
 from monitor.engine.policy import SEVERITY_RANK, Policy
 from monitor.engine.rebalance import propose
 from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
-from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, measure_kept, value_book
+from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
 
 Event = AlertEvent | SignalEvent
 
@@ -92,16 +92,15 @@ class Engine:
         # Positions and cash of books before the fills of the open window, to split drift into
         # what prices did and what fills did (attribution).
         self._before_fills: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
-        # Per book, the valuation kept by deltas, and the instruments whose price moved since.
-        self._exposures: dict[str, Exposure] = {}
-        self._moved: dict[str, set[str]] = {}
+        # Every book's holdings and linear limits as arrays, valued together per window.
+        self.exposures = Exposures()
 
     # -- inputs ------------------------------------------------------------------
 
     def on_instrument(self, instrument: Instrument) -> list[Event]:
         """Reference data; applies fills that were held for this instrument."""
         self.instruments[instrument.instrument_id] = instrument
-        self._exposures.clear()  # multipliers, currencies, buckets or loadings may have changed
+        self.exposures.clear()  # multipliers, currencies, buckets or loadings may have changed
         for pid in sorted(self.books):
             book = self.books[pid]
             if any(f.instrument_id == instrument.instrument_id for f in book.held.values()):
@@ -123,9 +122,9 @@ class Engine:
             if current is not None and current[1] > p.ts:
                 continue  # an older price than the one we hold: latest value wins
             self.prices[p.instrument_id] = (p.price, p.ts)
+            self.exposures.set_price(p.instrument_id, p.price, p.ts)
             self.market_clock = max(self.market_clock, p.ts)
             for pid in self._books_affected_by(p.instrument_id):
-                self._moved.setdefault(pid, set()).add(p.instrument_id)
                 if p.ts >= self.clock.get(pid, 0):  # older: already judged (e.g. re-read after a restart)
                     self._touch(pid, p.ts)
         return out + self._settle()
@@ -143,7 +142,7 @@ class Engine:
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
-        self._exposures.pop(fill.portfolio_id, None)
+        self.exposures.drop(fill.portfolio_id)
         self._touch(fill.portfolio_id, fill.ts)
         return out + self._settle()
 
@@ -155,7 +154,7 @@ class Engine:
         out = self._advance(snapshot.as_of)
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
-        self._exposures.pop(snapshot.portfolio_id, None)
+        self.exposures.drop(snapshot.portfolio_id)
         self._index(book)
         self._touch(snapshot.portfolio_id, snapshot.as_of)
         return out + self._settle()
@@ -166,7 +165,7 @@ class Engine:
         pid = policy.portfolio_id
         previous = self.policies.get(pid)
         self.policies[pid] = policy
-        self._exposures.pop(pid, None)  # the sums it keeps follow the limits
+        self.exposures.drop(pid)  # its columns follow the limits
         watch = self.watches.setdefault(pid, Watch())
         kept = {lim.limit_id for lim in policy.limits}
         out: list[Event] = []
@@ -187,6 +186,7 @@ class Engine:
 
     def on_risk_model(self, model: RiskModel) -> list[Event]:
         self.risk_models[model.model_id] = model
+        self.exposures.clear()  # loadings and variances follow the model
         for pid in self.policies:
             if self.policies[pid].uses_risk:
                 self._touch(pid, self.clock.get(pid, 0))
@@ -202,7 +202,7 @@ class Engine:
 
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
-        self._exposures.pop(pid, None)
+        self.exposures.drop(pid)
         if book is not None:
             self.books[pid] = book
             self._index(book)
@@ -223,8 +223,10 @@ class Engine:
         """Evaluate every book touched since the last evaluation (closes the open window)."""
         dirty, self._dirty = self._dirty, {}
         out: list[Event] = []
-        for pid in sorted(dirty):
-            out += self.evaluate(pid, dirty[pid])
+        pids = sorted(dirty)
+        rows = self._value(pids)
+        for pid in pids:
+            out += self._evaluate(pid, dirty[pid], rows.get(pid))
         if self.market_clock >= self._next_sweep:
             out += self._sweep_stale(exclude=dirty)
             for pid in sorted(self.watches):  # pending signals expire even while their book is quiet
@@ -271,51 +273,74 @@ class Engine:
 
     def evaluate(self, portfolio_id: str, ts: Micros) -> list[Event]:
         """Value the book, judge its data, measure every limit, advance each lifecycle."""
+        return self._evaluate(portfolio_id, ts, self._value([portfolio_id]).get(portfolio_id))
+
+    def _value(self, pids: list[str]) -> dict[str, Row]:
+        """The books with a policy, valued together, their linear limits measured."""
+        books = []
+        for pid in pids:
+            book, policy = self.books.get(pid), self.policies.get(pid)
+            if book is not None and policy is not None:
+                model = self._risk_model(policy) if policy.uses_risk else None
+                books.append((book, policy, model if isinstance(model, RiskModel) else None))
+        return self.exposures.value(books, self.instruments, self.prices)
+
+    def _evaluate(self, portfolio_id: str, ts: Micros, row: Row | None) -> list[Event]:
         ts = max(ts, self.clock.get(portfolio_id, 0))
         self.clock[portfolio_id] = ts
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
         if book is None or policy is None:
-            self._moved.pop(portfolio_id, None)
             return []
         watch = self.watches.setdefault(portfolio_id, Watch())
         watch.clock = ts
-        valuation = self._value(portfolio_id, book, policy)
+        if row is not None and not row.ok:
+            row = None  # something is missing: value_book says what
+        valuation = row.valuation() if row is not None else \
+            value_book(book, policy.base_currency, self.instruments, self.prices)
         inputs = Inputs(valuation.price_ts, book.last_fill_id)
         out: list[Event] = list(self._judge_data(portfolio_id, policy, watch, valuation, ts, inputs))
-        if valuation.ok and valuation.nav is not None and valuation.nav > 0:
-            watch.peak_nav = max(watch.peak_nav or 0.0, valuation.nav)
+        nav = valuation.nav if valuation.nav is not None else 0.0
+        if valuation.ok and nav > 0:
+            watch.peak_nav = max(watch.peak_nav or 0.0, nav)
         uses_risk = policy.uses_risk
-        risk = self._risk(policy, valuation) if uses_risk else None
+        risk = self._risk(policy, valuation) if uses_risk and row is None else None  # else: in the row
         # The same book before this window's fills, at today's prices: what prices alone did.
         before = self._before_fills.pop(portfolio_id, None)
         held = value_book(Book(portfolio_id, positions=before[0], cash=before[1]), policy.base_currency,
                           self.instruments, self.prices) if before else None
         held_risk = self._risk(policy, held) if held is not None and uses_risk else None
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
-        # A linear metric is read from the sums an Exposure keeps (valued, NAV > 0); the common case,
-        # a limit with nothing open or pending that is inside its band, only notes "inside now".
-        nav = valuation.nav or 0.0
-        kept = valuation.sums is not None and nav > 0
-        quick = judging and held is None and kept
+        # Column limits come measured from the Exposures; the common case, a limit with nothing open
+        # or pending that is inside its band, only notes "inside now" (what step() and attribute()
+        # would do for it).
+        measured = row is not None and nav > 0
+        quick = measured and judging and held is None
+        columns = row.block.columns if row is not None else ()
+        states = watch.limits
         worst: tuple[float, float] | None = None  # (usage, drift)
         triggered = False
-        for limit in policy.limits:
-            state = watch.limits.get(limit.limit_id)
-            actual = measure_kept(limit, nav, valuation) if kept else None
-            if actual is None:
-                actual = measure(limit, valuation, self.instruments, watch.peak_nav, risk)[0]
-                if actual is None:
+        for k, limit in enumerate(policy.limits):
+            state = states.get(limit.limit_id)
+            col = columns[k] if measured else None
+            if col is not None:
+                actual, usage = row.actuals[col], row.usages[col]  # type: ignore[union-attr]
+                if actual != actual:
+                    continue  # nan: no risk model, a variance missing, or zero variance
+                if quick and usage <= 1.0 and state is not None and state.alert_id is None \
+                        and state.breach_since is None:
+                    if worst is None or usage > worst[0]:
+                        worst = (usage, actual - limit.target)
+                    state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
+                    continue
+            else:
+                measure_ = measure(limit, valuation, self.instruments, watch.peak_nav, risk)[0]
+                if measure_ is None:
                     continue  # unavailable: neither opens nor resolves
-            drift = actual - limit.target
-            usage = limit.band.usage(drift)
+                actual, usage = measure_, limit.band.usage(measure_ - limit.target)
             if worst is None or usage > worst[0]:
-                worst = (usage, drift)
-            if quick and usage <= 1.0 and state is not None and state.alert_id is None and state.breach_since is None:
-                # what attribute() and step() do for it
-                state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
-                continue
+                worst = (usage, actual - limit.target)
             if state is None:
-                state = watch.limits[limit.limit_id] = LimitState()
+                state = states[limit.limit_id] = LimitState()
             held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
             state.attribute(actual, held_actual, usage <= 1.0, ts)
             if judging:  # a metric on stale prices neither opens nor resolves
@@ -334,20 +359,6 @@ class Engine:
             oldest_input_ts=valuation.oldest_ts,
         )
         return out
-
-    def _value(self, pid: str, book: Book, policy: Policy) -> Valuation:
-        """The book at the latest prices: its Exposure moved by the prices that changed since the
-        last evaluation, or a full revaluation (rebuilding the Exposure) when it cannot be."""
-        moved = self._moved.pop(pid, ())
-        exposure = self._exposures.get(pid)
-        if exposure is not None and exposure.update(moved, self.prices):
-            return exposure.valuation()
-        exposure = Exposure.build(book, policy, self.instruments, self.prices)
-        if exposure is None:  # something is missing: value_book says what
-            self._exposures.pop(pid, None)
-            return value_book(book, policy.base_currency, self.instruments, self.prices)
-        self._exposures[pid] = exposure
-        return exposure.valuation()
 
     def _judge_data(self, pid: str, policy: Policy, watch: Watch, valuation: Valuation, ts: Micros,
                     inputs: Inputs) -> list[Event]:

@@ -1,160 +1,399 @@
-"""A book's valuation kept current by deltas, for the price path.
+"""Every book's holdings and linear limits as arrays, valued together per window.
 
-`value_book` revalues every holding of a book and every limit then re-sums its
-bucket; on a price feed that is most of the engine's time, and nearly all of it is
-spent on holdings whose price did not move. An `Exposure` keeps each holding's MV and
-the sums limits read (per bucket: net, gross, long, short; per factor: sum of MV x
-loading; gross and net over the book) and moves them by the deltas of the holdings
-whose price, or whose currency's FX rate, changed since the last evaluation.
+On a price feed nearly every book is touched in every event-time window, and a loop
+that values one book and then measures one limit at a time spends its time on Python
+per holding and per limit. `Exposures` keeps what valuing needs as flat numpy arrays
+over all books (one row per holding: instrument, quantity, multiplier, FX pair; one
+row per cash balance), and every linear limit (weight, bucket net/gross/long/short
+weight, gross and net leverage, factor exposure) as a column fed by *terms*: (column,
+holding, coefficient, kind), kind being which of MV, |MV|, max(MV, 0), min(MV, 0) the
+term adds. `value(books)` then values the touched books and measures all their linear
+limits in a few vector operations: MV = quantity x price x multiplier x FX-to-base per
+holding, NAV per book, each column a weighted sum of its terms (`np.bincount`), and
+each limit's band usage. Risk contribution columns are measured the same way, over the
+books' factor exposures x = B'w at once: a factor's share x_f (F x)_f, the specific
+share sum w^2 D, a bucket's share the sum of its holdings' w_i (B F x)_i + w_i^2 D_i,
+each over the book's variance (`valuation.decompose_risk` is the same, book by book).
 
-It is a cache, never the record: it is rebuilt from the book (`Exposure.build`)
-whenever positions, reference data or the policy change, when a needed price or rate
-is missing, and every `REBUILD_EVERY` updates so rounding from the deltas cannot
-accumulate. Updates run in instrument order, so the same events always give the same
-floats (replay equals live).
+Nothing is kept between windows but the arrays' layout (rebuilt for a book when its
+positions, its policy or reference data change) and the latest prices: every figure
+is recomputed from the positions and prices in force, summed in a fixed order, so the
+same events give the same floats however they were batched, and after a restart too.
+Drawdown needs the peak NAV the engine keeps: it is measured per book (`measure`), on
+the `Valuation` a `Row` gives.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
 
 from monitor.engine.book import Book
-from monitor.engine.model import Instrument, Micros
-from monitor.engine.policy import BUCKET_METRICS, FACTOR_METRICS, Policy
+from monitor.engine.model import Instrument, Micros, RiskModel
+from monitor.engine.policy import BUCKET_METRICS, FACTOR_METRICS, RISK_METRICS, Limit, Policy
 from monitor.engine.valuation import PriceBook, Valuation, fx_rate
 
-REBUILD_EVERY = 500  # updates between full revaluations (bounds rounding drift from the deltas)
-BucketKey = tuple[str, str | None]  # (dimension, bucket)
+NET, GROSS, LONG, SHORT, RISK = range(5)  # a term adds MV, |MV|, max(MV, 0), min(MV, 0), risk part
+_KIND = {"weight": NET, "net_weight": NET, "gross_weight": GROSS, "long_weight": LONG, "short_weight": SHORT,
+         "net_leverage": NET, "gross_leverage": GROSS, "exposure": NET, "risk_contribution": RISK}
+COLUMN_METRICS = frozenset(_KIND)  # measured here; the others (drawdown) by `measure`
+_NO_TS = np.iinfo(np.int64).max
+
+
+class _Lazy(Mapping[str, float]):
+    """A mapping built on first use: most evaluations never read a book's MVs one by one."""
+
+    def __init__(self, make: Callable[[], dict]) -> None:
+        self._make: Callable[[], dict] | None = make
+        self._data: dict = {}
+
+    def _get(self) -> dict:
+        if self._make is not None:
+            self._data, self._make = self._make(), None
+        return self._data
+
+    def __getitem__(self, key: str):
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+@dataclass(frozen=True)
+class _Block:
+    """One book under one policy, as arrays (indexes local to the book)."""
+
+    iids: tuple[str, ...]  # holdings, sorted
+    inst: np.ndarray  # instrument column of each holding (into the price arrays)
+    qty: np.ndarray
+    mult: np.ndarray
+    pair: np.ndarray  # FX pair (holding currency -> base) of each holding
+    cash_pair: np.ndarray
+    cash_amt: np.ndarray
+    columns: tuple[int | None, ...]  # per policy limit: its column, None if not one of COLUMN_METRICS
+    target: np.ndarray  # per column
+    below: np.ndarray
+    above: np.ndarray
+    risk: np.ndarray  # per column: a risk contribution (a share of variance, not of NAV)
+    risk_factor: np.ndarray  # per column: the factor (in Exposures.factors) whose share it is, or -1
+    risk_specific: np.ndarray  # per column: the specific share
+    load: np.ndarray  # holdings x the model's factors: loadings (None-model: no columns)
+    load_factors: np.ndarray  # those factors' indexes in Exposures.factors
+    spec: np.ndarray  # per holding: specific variance (nan: the model has none: risk unavailable)
+    model: RiskModel | None
+    term_col: np.ndarray
+    term_hold: np.ndarray
+    term_coef: np.ndarray
+    term_kind: np.ndarray
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.target)
+
+
+def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, float, int]]:
+    """(holding, coefficient, kind) of what a linear limit sums, before dividing by NAV."""
+    kind, metric = _KIND[limit.metric], limit.metric
+    if metric == "weight":
+        return [(h, 1.0, kind) for h, inst in enumerate(holdings) if inst.instrument_id == limit.instrument]
+    if metric in BUCKET_METRICS:
+        return [(h, 1.0, kind) for h, inst in enumerate(holdings)
+                if inst.attribute(limit.dimension or "") == limit.bucket]
+    if metric in FACTOR_METRICS:
+        return [(h, beta, kind) for h, inst in enumerate(holdings)
+                if (beta := inst.factors.get(limit.factor or "", 0.0))]
+    if metric in RISK_METRICS:  # a bucket's share; a factor's or the specific share has no terms
+        return [] if limit.dimension in ("factor", "specific") else \
+            [(h, 1.0, kind) for h, inst in enumerate(holdings) if inst.attribute(limit.dimension or "") == limit.bucket]
+    return [(h, 1.0, kind) for h in range(len(holdings))]  # gross or net leverage
 
 
 @dataclass
-class Sums:
-    """What the linear metrics of a policy read, in base currency."""
+class _Packed:
+    """All blocks concatenated, books in id order."""
 
-    gross: float = 0.0  # sum |MV|
-    net: float = 0.0  # sum MV
-    buckets: dict[BucketKey, list[float]] = field(default_factory=dict)  # [net, gross, long, short]
-    factors: dict[str, float] = field(default_factory=dict)  # sum MV x loading
-
-    def move(self, old: float, new: float, buckets: tuple[list[float], ...],
-             loadings: tuple[tuple[str, float], ...]) -> None:
-        """One holding's MV goes from `old` to `new`; `buckets` are the sums of its buckets."""
-        d, dabs = new - old, abs(new) - abs(old)
-        self.net += d
-        self.gross += dabs
-        dlong, dshort = max(new, 0.0) - max(old, 0.0), min(new, 0.0) - min(old, 0.0)
-        for b in buckets:
-            b[0] += d
-            b[1] += dabs
-            b[2] += dlong
-            b[3] += dshort
-        for factor, beta in loadings:
-            self.factors[factor] += d * beta
-
-
-@dataclass(frozen=True, slots=True)
-class Holding:
-    """What revaluing one position needs, looked up once per build."""
-
-    quantity: float
-    multiplier: float
-    currency: str
-    buckets: tuple[list[float], ...]  # the Sums.buckets entries it feeds
-    loadings: tuple[tuple[str, float], ...]  # (factor, loading) of the factors limits read
-
-
-class Exposure:
-    """One book, valued at the latest prices, updated by deltas. Build it with `build`."""
-
-    def __init__(self, book: Book, policy: Policy, instruments: Mapping[str, Instrument]) -> None:
-        self.base = policy.base_currency
-        self.positions = dict(book.positions)
-        self.cash = dict(book.cash)
-        dims = {lim.dimension or "" for lim in policy.limits if lim.metric in BUCKET_METRICS}
-        buckets = {(lim.dimension or "", lim.bucket) for lim in policy.limits if lim.metric in BUCKET_METRICS}
-        factors = {lim.factor or "" for lim in policy.limits if lim.metric in FACTOR_METRICS}
-        self.sums = Sums(buckets={key: [0.0, 0.0, 0.0, 0.0] for key in buckets},
-                         factors=dict.fromkeys(factors, 0.0))
-        self.holdings: dict[str, Holding] = {}
-        self.by_currency: dict[str, list[str]] = {}
-        for iid in sorted(self.positions):
-            inst = instruments[iid]
-            keys = [k for d in sorted(dims) if (k := (d, inst.attribute(d))) in buckets]
-            self.holdings[iid] = Holding(
-                self.positions[iid], inst.multiplier, inst.currency, tuple(self.sums.buckets[k] for k in keys),
-                tuple((f, inst.factors[f]) for f in sorted(factors) if inst.factors.get(f)))
-            self.by_currency.setdefault(inst.currency, []).append(iid)
-        self.mv: dict[str, float] = {}
-        self.input_ts: dict[str, Micros] = {}
-        self.rates: dict[str, tuple[float, Micros]] = {}
-        self.cash_base = 0.0
-        self.newest: Micros = 0
-        self.oldest: Micros | None = None  # min of input_ts; None: to be recomputed
-        self.updates = 0
+    order: list[str]
+    at: dict[str, int]  # book -> its position in `order`
+    hold_ptr: np.ndarray  # book k's holdings are hold_ptr[k]:hold_ptr[k+1]
+    col_ptr: np.ndarray
+    hold_book: np.ndarray
+    inst: np.ndarray
+    qty: np.ndarray
+    mult: np.ndarray
+    pair: np.ndarray
+    cash_book: np.ndarray
+    cash_pair: np.ndarray
+    cash_amt: np.ndarray
+    col_book: np.ndarray
+    target: np.ndarray
+    below: np.ndarray
+    above: np.ndarray
+    risk: np.ndarray
+    risk_factor: np.ndarray
+    risk_specific: np.ndarray
+    load: np.ndarray  # holdings x Exposures.factors
+    spec: np.ndarray
+    models: list[tuple[np.ndarray, np.ndarray]]  # each model's factor covariance, and its books
+    term_book: np.ndarray
+    term_col: np.ndarray
+    term_hold: np.ndarray
+    term_coef: np.ndarray
+    term_kind: np.ndarray
 
     @classmethod
-    def build(cls, book: Book, policy: Policy, instruments: Mapping[str, Instrument],
-              prices: PriceBook) -> "Exposure | None":
-        """A full valuation; None when a price, rate or reference datum is missing (then
-        `value_book` says which)."""
-        if any(iid not in instruments for iid in book.positions):
-            return None
-        exposure = cls(book, policy, instruments)
-        if not exposure._refresh_rates(prices):
-            return None
-        for iid in sorted(exposure.positions):
-            if not exposure._revalue(iid, prices):
-                return None
-        return exposure
+    def of(cls, blocks: Mapping[str, _Block], factors: Mapping[str, int]) -> "_Packed":
+        order = sorted(blocks)
+        bs = [blocks[pid] for pid in order]
+        n_hold = np.array([len(b.iids) for b in bs], dtype=np.int64)
+        n_col = np.array([b.n_columns for b in bs], dtype=np.int64)
+        hold_ptr = np.concatenate(([0], np.cumsum(n_hold)))
+        col_ptr = np.concatenate(([0], np.cumsum(n_col)))
+        ks = np.arange(len(bs))
+        n_term = np.array([len(b.term_col) for b in bs], dtype=np.int64)
 
-    def update(self, moved: Iterable[str], prices: PriceBook) -> bool:
-        """Apply the prices that moved since the last update; False if the cache must be rebuilt."""
-        self.updates += 1
-        if self.updates >= REBUILD_EVERY:
-            return False
-        changed = {iid for iid in moved if iid in self.positions}
-        if any(iid not in self.positions for iid in moved):  # maybe an FX rate
-            before = dict(self.rates)
-            if not self._refresh_rates(prices):
-                return False
-            for ccy, rate in self.rates.items():
-                if before.get(ccy) != rate:
-                    changed.update(self.by_currency.get(ccy, ()))
-        return all(self._revalue(iid, prices) for iid in sorted(changed))
+        def cat(name: str, dtype: type = np.float64) -> np.ndarray:
+            parts = [getattr(b, name) for b in bs]
+            return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype)
+
+        load = np.zeros((int(hold_ptr[-1]), len(factors)))
+        models: dict[int, tuple[np.ndarray, list[int]]] = {}
+        for k, b in enumerate(bs):
+            load[hold_ptr[k]:hold_ptr[k + 1], b.load_factors] = b.load
+            if b.model is not None and id(b.model) not in models:
+                cov = np.zeros((len(factors), len(factors)))
+                cov[np.ix_(b.load_factors, b.load_factors)] = b.model.covariance
+                models[id(b.model)] = (cov, [])
+            if b.model is not None:
+                models[id(b.model)][1].append(k)
+        return cls(
+            order, {pid: k for k, pid in enumerate(order)}, hold_ptr, col_ptr,
+            np.repeat(ks, n_hold), cat("inst", np.int64), cat("qty"), cat("mult"), cat("pair", np.int64),
+            np.repeat(ks, [len(b.cash_pair) for b in bs]), cat("cash_pair", np.int64), cat("cash_amt"),
+            np.repeat(ks, n_col), cat("target"), cat("below"), cat("above"), cat("risk", bool),
+            cat("risk_factor", np.int64), cat("risk_specific", bool), load, cat("spec"),
+            [(cov, np.array(books, dtype=np.int64)) for cov, books in models.values()],
+            np.repeat(ks, n_term), cat("term_col", np.int64) + np.repeat(col_ptr[:-1], n_term),
+            cat("term_hold", np.int64) + np.repeat(hold_ptr[:-1], n_term), cat("term_coef"),
+            cat("term_kind", np.int64))
+
+
+@dataclass
+class Row:
+    """One book as valued in a window: NAV, its inputs' times, its linear limits measured."""
+
+    block: _Block
+    nav: float  # nan: a price or FX rate is missing (then the engine asks `value_book` which)
+    newest: Micros  # event ts of the newest input (0: none)
+    oldest: Micros | None  # event ts of the oldest price or rate a holding rests on
+    actuals: list[float]  # per column of the block
+    usages: list[float]  # |drift| / band half-width on its side
+    _mv: list[float]
+    _input_ts: list[int]
+
+    @property
+    def ok(self) -> bool:
+        return self.nav == self.nav  # not nan
 
     def valuation(self) -> Valuation:
-        """The current valuation (shares this cache's MVs: use it before the next update)."""
-        if self.oldest is None and self.input_ts:
-            self.oldest = min(self.input_ts.values())
-        return Valuation(self.cash_base + self.sums.net, self.mv, self.newest or None, None, self.input_ts,
-                         sums=self.sums, oldest_ts=self.oldest)
+        """The book as a Valuation (MVs built only if read: drawdown needs NAV alone)."""
+        iids = self.block.iids
+        return Valuation(self.nav, _Lazy(lambda: dict(zip(iids, self._mv))), self.newest or None, None,
+                         _Lazy(lambda: dict(zip(iids, self._input_ts))), oldest_ts=self.oldest)
 
-    def _refresh_rates(self, prices: PriceBook) -> bool:
-        rates: dict[str, tuple[float, Micros]] = {}
-        for ccy in sorted({*self.by_currency, *self.cash}):
-            rate = fx_rate(ccy, self.base, prices)
-            if rate is None:
-                return False
-            rates[ccy] = rate
-            self.newest = max(self.newest, rate[1])
-        self.rates = rates
-        self.cash_base = sum(amount * rates[ccy][0] for ccy, amount in self.cash.items())
-        return True
 
-    def _revalue(self, iid: str, prices: PriceBook) -> bool:
-        px = prices.get(iid)
-        if px is None:
-            return False
-        price, ts = px
-        h = self.holdings[iid]
-        rate, rate_ts = self.rates[h.currency]
-        new = h.quantity * price * h.multiplier * rate
-        self.sums.move(self.mv.get(iid, 0.0), new, h.buckets, h.loadings)
-        self.mv[iid] = new
-        if self.input_ts.get(iid) == self.oldest:
-            self.oldest = None  # the oldest input may have moved on
-        self.input_ts[iid] = min(ts, rate_ts) if rate_ts else ts
-        if ts > self.newest:
-            self.newest = ts
-        return True
+class Exposures:
+    """The books' holdings and linear limits as arrays, and the latest price per instrument."""
+
+    def __init__(self) -> None:
+        self.index: dict[str, int] = {}  # instrument_id -> column in px / px_ts
+        self.px = np.full(256, np.nan)
+        self.px_ts = np.zeros(256, dtype=np.int64)
+        self.pairs: dict[tuple[str, str], int] = {}  # (currency, base) -> FX pair column
+        self.factors: dict[str, int] = {}  # risk factor -> column in the loadings
+        self._blocks: dict[str, _Block] = {}
+        self._packed: _Packed | None = None
+
+    def set_price(self, instrument_id: str, price: float, ts: Micros) -> None:
+        j = self.index.get(instrument_id)
+        if j is not None:
+            self.px[j] = price
+            self.px_ts[j] = ts
+
+    def drop(self, portfolio_id: str) -> None:
+        """The book's positions or policy changed: its arrays are rebuilt when next valued."""
+        if self._blocks.pop(portfolio_id, None) is not None:
+            self._packed = None
+
+    def clear(self) -> None:
+        """Reference data or a risk model changed (multipliers, currencies, buckets, loadings,
+        variances): rebuild all."""
+        self._blocks.clear()
+        self._packed = None
+
+    def value(self, books: Sequence[tuple[Book, Policy, RiskModel | None]], instruments: Mapping[str, Instrument],
+              prices: PriceBook) -> dict[str, Row]:
+        """Value books (each with the risk model its policy uses, if any) and measure their
+        column limits; a book some holding's reference data is missing for has no row (the
+        engine's `value_book` says what is missing)."""
+        for book, policy, model in books:
+            if book.portfolio_id not in self._blocks:
+                block = self._block(book, policy, model, instruments, prices)
+                if block is not None:
+                    self._blocks[book.portfolio_id] = block
+                    self._packed = None
+        if self._packed is None:
+            self._packed = _Packed.of(self._blocks, self.factors)
+        p = self._packed
+        ks = sorted(p.at[b.portfolio_id] for b, _, _ in books if b.portfolio_id in p.at)
+        if not ks:
+            return {}
+        n = len(p.order)
+        touched = np.zeros(n, dtype=bool)
+        touched[ks] = True
+        rate, rate_ts = self._rates(prices)
+        hs = np.flatnonzero(touched[p.hold_book])
+        inst, pair, book_of = p.inst[hs], p.pair[hs], p.hold_book[hs]
+        pts, rts = self.px_ts[inst], rate_ts[pair]
+        mv = p.qty[hs] * self.px[inst] * p.mult[hs] * rate[pair]
+        input_ts = np.where(rts > 0, np.minimum(pts, rts), pts)
+        cs = np.flatnonzero(touched[p.cash_book])
+        cash_book = p.cash_book[cs]
+        nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + \
+            np.bincount(book_of, mv, minlength=n)
+        newest = np.zeros(n, dtype=np.int64)
+        np.maximum.at(newest, book_of, np.maximum(pts, rts))
+        np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
+        oldest = np.full(n, _NO_TS, dtype=np.int64)
+        np.minimum.at(oldest, book_of, input_ts)
+        cols = np.flatnonzero(touched[p.col_book])
+        col_book = p.col_book[cols]
+        with np.errstate(divide="ignore", invalid="ignore"):  # NAV <= 0 or unknown: not judged
+            risky = p.risk[cols]
+            part = np.zeros(len(hs))
+            if risky.any():
+                part, variance, factor_part, specific = self._risk(p, hs, book_of, mv / nav[book_of], n)
+            # every term of the touched books: its holding's MV, |MV|, long or short part, or risk part
+            by_holding = np.zeros((2, len(p.hold_book)))
+            by_holding[0, hs], by_holding[1, hs] = mv, part
+            ts_ = np.flatnonzero(touched[p.term_book])
+            kind = p.term_kind[ts_]
+            x = by_holding[(kind == RISK).astype(np.int64), p.term_hold[ts_]]
+            x = np.where(kind == GROSS, np.abs(x), np.where(kind == LONG, np.maximum(x, 0.0),
+                                                             np.where(kind == SHORT, np.minimum(x, 0.0), x)))
+            sums = np.bincount(p.term_col[ts_], x * p.term_coef[ts_], minlength=len(p.col_book))[cols]
+            denominator = nav[col_book]
+            if risky.any():
+                factor = p.risk_factor[cols]
+                named = factor >= 0
+                sums[named] = factor_part[col_book[named], factor[named]]
+                spec = p.risk_specific[cols]
+                sums[spec] = specific[col_book[spec]]
+                total = variance[col_book]
+                denominator = np.where(risky, np.where(total > 0, total, np.nan), denominator)
+            actual = sums / denominator
+            drift = actual - p.target[cols]
+            usage = np.where(drift >= 0, drift / p.above[cols], -drift / p.below[cols])
+        actual_l, usage_l, mv_l, its_l = actual.tolist(), usage.tolist(), mv.tolist(), input_ts.tolist()
+        nav_l, newest_l, oldest_l = nav.tolist(), newest.tolist(), oldest.tolist()
+        rows: dict[str, Row] = {}
+        h0 = c0 = 0
+        for k in ks:
+            pid = p.order[k]
+            block = self._blocks[pid]
+            h1, c1 = h0 + len(block.iids), c0 + block.n_columns
+            rows[pid] = Row(block, nav_l[k], newest_l[k], None if oldest_l[k] == _NO_TS else oldest_l[k],
+                            actual_l[c0:c1], usage_l[c0:c1], mv_l[h0:h1], its_l[h0:h1])
+            h0, c0 = h1, c1
+        return rows
+
+    @staticmethod
+    def _risk(p: _Packed, hs: np.ndarray, book_of: np.ndarray, w: np.ndarray,
+              n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Euler risk decomposition of the touched books at once, from weights w per holding: each
+        holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
+        x_f (F x)_f and the specific part (nan for a book without a model or variances)."""
+        load = p.load[hs]
+        exposure = np.zeros((n, load.shape[1]))
+        np.add.at(exposure, book_of, w[:, None] * load)
+        covaried = np.full_like(exposure, np.nan)
+        for cov, books in p.models:
+            covaried[books] = exposure[books] @ cov
+        own = w * w * p.spec[hs]
+        specific = np.bincount(book_of, own, minlength=n)
+        factor_part = exposure * covaried
+        part = w * np.einsum("hk,hk->h", load, covaried[book_of]) + own
+        return part, factor_part.sum(axis=1) + specific, factor_part, specific
+
+    def _rates(self, prices: PriceBook) -> tuple[np.ndarray, np.ndarray]:
+        """Each FX pair's rate and its event ts (nan: not quoted; ts 0: a currency to itself)."""
+        rate, ts = np.full(len(self.pairs), np.nan), np.zeros(len(self.pairs), dtype=np.int64)
+        for (ccy, base), k in self.pairs.items():
+            quote = fx_rate(ccy, base, prices)
+            if quote is not None:
+                rate[k], ts[k] = quote
+        return rate, ts
+
+    def _column(self, instrument_id: str, prices: PriceBook) -> int:
+        j = self.index.get(instrument_id)
+        if j is None:
+            j = self.index[instrument_id] = len(self.index)
+            if j >= len(self.px):
+                self.px = np.concatenate((self.px, np.full(len(self.px), np.nan)))
+                self.px_ts = np.concatenate((self.px_ts, np.zeros(len(self.px_ts), dtype=np.int64)))
+            quote = prices.get(instrument_id)
+            if quote is not None:
+                self.px[j], self.px_ts[j] = quote
+        return j
+
+    def _pair(self, ccy: str, base: str) -> int:
+        return self.pairs.setdefault((ccy, base), len(self.pairs))
+
+    def _block(self, book: Book, policy: Policy, model: RiskModel | None, instruments: Mapping[str, Instrument],
+               prices: PriceBook) -> _Block | None:
+        if any(iid not in instruments for iid in book.positions):
+            return None
+        iids = tuple(sorted(book.positions))
+        held = [instruments[iid] for iid in iids]
+        base = policy.base_currency
+        columns: list[int | None] = []
+        measured: list[Limit] = []
+        terms: list[tuple[int, int, float, int]] = []
+        for limit in policy.limits:
+            if limit.metric not in COLUMN_METRICS:
+                columns.append(None)
+                continue
+            columns.append(len(measured))
+            terms += [(len(measured), h, coef, kind) for h, coef, kind in _terms(limit, held)]
+            measured.append(limit)
+        model_factors = model.factors if model is not None else ()
+        load_factors = [self.factors.setdefault(f, len(self.factors)) for f in model_factors]
+        risky = [lim.metric in RISK_METRICS for lim in measured]
+        cash = sorted(book.cash.items())
+
+        def ints(values: Sequence[int]) -> np.ndarray:
+            return np.array(values, dtype=np.int64)
+
+        def floats(values: Sequence[float]) -> np.ndarray:
+            return np.array(values, dtype=np.float64)
+
+        return _Block(
+            iids, ints([self._column(iid, prices) for iid in iids]), floats([book.positions[iid] for iid in iids]),
+            floats([inst.multiplier for inst in held]), ints([self._pair(inst.currency, base) for inst in held]),
+            ints([self._pair(ccy, base) for ccy, _ in cash]), floats([a for _, a in cash]),
+            tuple(columns), floats([lim.target for lim in measured]), floats([lim.band.below for lim in measured]),
+            floats([lim.band.above for lim in measured]), np.array(risky, dtype=bool),
+            ints([self.factors[lim.bucket or ""] if r and lim.dimension == "factor" and lim.bucket in model_factors
+                  else -1 for lim, r in zip(measured, risky)]),
+            np.array([r and lim.dimension == "specific" for lim, r in zip(measured, risky)], dtype=bool),
+            floats([[inst.factors.get(f, 0.0) for f in model_factors] for inst in held]).reshape(
+                len(held), len(model_factors)),
+            ints(load_factors),
+            floats([model.specific_var.get(iid, np.nan) if model is not None else np.nan for iid in iids]),
+            model,
+            ints([t[0] for t in terms]), ints([t[1] for t in terms]), floats([t[2] for t in terms]),
+            ints([t[3] for t in terms]))

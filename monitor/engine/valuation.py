@@ -8,7 +8,7 @@ which one: a metric is never computed on a made-up zero.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -16,11 +16,7 @@ from monitor.engine.book import Book
 from monitor.engine.model import Instrument, Micros, RiskModel
 from monitor.engine.policy import BUCKET_METRICS, Limit
 
-if TYPE_CHECKING:
-    from monitor.engine.exposure import Sums
-
 PriceBook = Mapping[str, tuple[float, Micros]]  # instrument_id -> (latest price, its event ts)
-_BUCKET_SUM = {"net_weight": 0, "gross_weight": 1, "long_weight": 2, "short_weight": 3}  # index in Sums.buckets
 USD = "USD"
 
 
@@ -52,7 +48,6 @@ class Valuation:
     unavailable: str | None = None
     # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
     input_ts: Mapping[str, Micros] = field(default_factory=dict)
-    sums: "Sums | None" = None  # kept by an Exposure: the sums limits read, without a pass over mv
     oldest_ts: Micros | None = None  # min of input_ts (None: no holdings), kept so no pass is needed
     _groups: dict[str, dict[str | None, list[float]]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -161,8 +156,6 @@ def measure(
         return None, f"NAV is {nav:.2f} (<= 0): weights are undefined"
     mv = valuation.mv
     metric = limit.metric
-    if valuation.sums is not None and (kept := measure_kept(limit, nav, valuation)) is not None:
-        return kept, None
     if metric == "weight":
         return mv.get(limit.instrument or "", 0.0) / nav, None
     if metric in BUCKET_METRICS:
@@ -203,25 +196,3 @@ def measure(
                        if instruments[iid].attribute(limit.dimension or "") == limit.bucket)
         return part / risk.total, None
     return None, f"metric {metric} is not evaluated by this version"
-
-
-def measure_kept(limit: Limit, nav: float, valuation: Valuation) -> float | None:
-    """A linear metric read from the sums an Exposure keeps (`valuation.sums`), at a NAV > 0;
-    None when it is not one (then `measure` computes it). The price path's one measurement."""
-    sums = valuation.sums
-    assert sums is not None
-    metric = limit.metric
-    if metric == "weight":
-        return valuation.mv.get(limit.instrument or "", 0.0) / nav
-    index = _BUCKET_SUM.get(metric)
-    if index is not None:
-        kept = sums.buckets.get((limit.dimension or "", limit.bucket))
-        return None if kept is None else kept[index] / nav
-    if metric == "gross_leverage":
-        return sums.gross / nav
-    if metric == "net_leverage":
-        return sums.net / nav
-    if metric == "exposure":
-        factor = sums.factors.get(limit.factor or "")
-        return None if factor is None else factor / nav
-    return None
