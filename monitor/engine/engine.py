@@ -422,14 +422,16 @@ class Engine:
         rb = policy.rebalance
         assert rb is not None
         ledger = watch.signals
-        out: list[Event] = list(ledger.expire(ts))
-        open_states = {lid: st for lid, st in watch.limits.items() if st.alert_id is not None}
-        ledger.settle(set(open_states))
+        out: list[Event] = list(ledger.expire(ts)) if ledger.live else []
         due = False
         if rb.schedule is not None:
             due = ledger.next_check is not None and ts >= ledger.next_check
             if ledger.next_check is None or due:
                 ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
+        if not (triggered or due or ledger.live):
+            return out  # nearly every evaluation: nothing to settle or propose
+        open_states = {lid: st for lid, st in watch.limits.items() if st.alert_id is not None}
+        ledger.settle(set(open_states))
         all_ids = [lim.limit_id for lim in policy.limits]
         if triggered and rb.mode == "global":
             trigger, mode, ids = "alert", "global", all_ids

@@ -318,8 +318,10 @@ class Exposures:
         holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
         x_f (F x)_f and the specific part (nan for a book without a model or variances)."""
         load = p.load[hs]
+        # per factor, a bincount: np.add.at on the 2-D array is ~15x slower for the same sums
         exposure = np.zeros((n, load.shape[1]))
-        np.add.at(exposure, book_of, w[:, None] * load)
+        for f in range(load.shape[1]):
+            exposure[:, f] = np.bincount(book_of, w * load[:, f], minlength=n)
         covaried = np.full_like(exposure, np.nan)
         for cov, books in p.models:
             covaried[books] = exposure[books] @ cov
