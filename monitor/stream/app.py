@@ -46,7 +46,7 @@ from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
 from monitor.stream.codec import dead_letter, decode_event, encode
-from monitor.stream.gate import AHEAD, Gate, laggards
+from monitor.stream.gate import AHEAD, Gate, laggards, market_mark
 
 log = structlog.get_logger("monitor.worker")
 
@@ -281,28 +281,17 @@ class Worker:
         return committed is not None and committed >= highwater
 
     async def _read_market_mark(self, consumer: AIOKafkaConsumer) -> tuple[Micros, Micros]:
-        """(the ts below which every price has been read, AHEAD for partitions read to the end;
-        the least newest ts read over all price partitions). Below the second, no price can come
-        any more even on a partition read to its end, since each partition is in event-time order.
-
-        Reference data (instruments, risk models) has no event time: while any of it on the broker
-        is unread, the mark is 0, so nothing is evaluated without it. Otherwise a worker starting on
-        a backlog could value its first seconds of prices before the instruments arrive (say, a
-        region's weight without the region), and a breach would start later than in the log."""
-        mark = progress = AHEAD
-        unread: set[int] = set()
+        """(mark, progress) of the market stream, from what the consumer has read (`market_mark`)."""
+        prices: dict[int, tuple[Micros, bool]] = {}
+        reference_read = True
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
             read_to_end = highwater is not None and await consumer.position(tp) >= highwater
-            if tp.topic != self._prices_topic:
-                mark = mark if read_to_end else 0
-                continue
-            newest = self._price_read.get(tp.partition, 0)
-            progress = min(progress, newest)
-            if not read_to_end:
-                mark = min(mark, newest)
-                unread.add(tp.partition)
-        self._prices_unread = unread
+            if tp.topic == self._prices_topic:
+                prices[tp.partition] = (self._price_read.get(tp.partition, 0), read_to_end)
+            else:
+                reference_read = reference_read and read_to_end
+        mark, progress, self._prices_unread = market_mark(prices, reference_read)
         return mark, progress
 
     async def _drain(self) -> None:

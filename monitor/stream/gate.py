@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
 from monitor.engine.model import Micros
 
@@ -62,3 +62,28 @@ def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Mi
     if other_mark <= least:
         return set()
     return {p for p in unread if newest.get(p, 0) == least}
+
+
+class MarketMark(NamedTuple):
+    mark: Micros  # below it, every price has been read (AHEAD: all read to the end)
+    progress: Micros  # the least newest price ts read over all price partitions
+    unread: set[int]  # price partitions not read to their end
+
+
+def market_mark(prices: Mapping[int, tuple[Micros, bool]], reference_read: bool) -> MarketMark:
+    """The market stream's watermark, from each price partition's (newest ts read, read to its end)
+    and whether every reference data partition (instruments, risk models) is read to its end.
+
+    Below `progress` no price can come any more even on a partition read to its end, since each
+    partition is in event-time order. Reference data has no event time: while any of it on the
+    broker is unread the mark is 0, so nothing is evaluated without it (a worker starting on a
+    backlog would otherwise value its first prices before the instruments the log put first).
+    """
+    mark = progress = AHEAD
+    unread: set[int] = set()
+    for partition, (newest, read_to_end) in prices.items():
+        progress = min(progress, newest)
+        if not read_to_end:
+            mark = min(mark, newest)
+            unread.add(partition)
+    return MarketMark(mark if reference_read else 0, progress, unread)

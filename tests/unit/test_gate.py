@@ -1,6 +1,6 @@
 """The gate between the worker's two streams: release in event-time order, and who to read when full."""
 
-from monitor.stream.gate import AHEAD, Gate, laggards
+from monitor.stream.gate import AHEAD, Gate, laggards, market_mark
 
 
 def test_releases_below_the_watermark_in_event_time_order_ties_as_they_came():
@@ -25,3 +25,15 @@ def test_when_full_and_the_other_stream_is_behind_it_reads_nothing():
     assert laggards({0: 500, 1: 700}, unread={0, 1}, other_mark=400) == set()
     assert laggards({0: 500, 1: 700}, unread={0, 1}, other_mark=500) == set()
     assert laggards({0: 500}, unread=set(), other_mark=AHEAD) == set()
+
+
+def test_the_market_mark_is_the_least_newest_ts_of_the_price_partitions_not_read_to_their_end():
+    prices = {0: (500, False), 1: (300, True), 2: (700, False)}
+    assert market_mark(prices, reference_read=True) == (500, 300, {0, 2})
+    assert market_mark({0: (500, True), 1: (300, True)}, reference_read=True) == (AHEAD, 300, set())
+
+
+def test_unread_reference_data_holds_the_market_mark_at_zero():
+    # the instruments of a backlog not yet read: no price may be released, however far they are read
+    assert market_mark({0: (500, True), 1: (300, True)}, reference_read=False) == (0, 300, set())
+    assert market_mark({0: (500, False)}, reference_read=False).mark == 0
