@@ -52,7 +52,10 @@ log = structlog.get_logger("monitor.worker")
 
 BOOK_TOPICS = ("positions", "fills", "policies", "approvals")
 MARKET_TOPICS = ("instruments", "risk-models", "prices")
-MARKET_BATCH = 5_000
+# Records per getmany. Smaller batches hand the loop back to aiokafka's fetcher and the book agent
+# sooner: against 5,000, a 300k-price drain went from ~34,000 to ~37,000-39,000 events/s and the
+# worker's p99 at 20,000 prices/s from 50-84 ms to 29-50 ms (three interleaved runs each).
+MARKET_BATCH = 1_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
