@@ -184,6 +184,7 @@ class Market:
         self.by_id = {inst["instrument_id"]: inst for inst in self.instruments}
         self.initial_prices: dict[str, float] = dict(self._initial_prices)
         self.books: list[Book] = [self._make_book(rng, n) for n in range(config.books)]
+        self.risk_model: dict[str, Any] = self._make_risk_model()
         self.policies: list[dict[str, Any]] = [self._make_policy(book) for book in self.books]
         self._setup_process()
 
@@ -341,7 +342,7 @@ class Market:
                 "evaluation": dict(cfg.evaluation), "limits": limits, "risk_model": RISK_MODEL_ID,
                 "rebalance": {**DEFAULT_REBALANCE, "approval": approval}}
 
-    def risk_model(self) -> dict[str, Any]:
+    def _make_risk_model(self) -> dict[str, Any]:
         """The factor risk model the policies' risk_contribution limits use (daily variances):
         the market, value and momentum factors, and each instrument's own variance as the part
         of its daily variance the factors leave."""
@@ -353,7 +354,7 @@ class Market:
     def _market_risk_share(self, weights: Mapping[str, float]) -> float:
         """The market factor's Euler share of the book's variance under `risk_model` (the target
         of its risk_contribution limit, so a fresh book starts on target)."""
-        model = self.risk_model()
+        model = self.risk_model
         ids = sorted(weights)
         w = np.array([weights[iid] for iid in ids])
         loadings = np.array([[self.by_id[iid]["factors"].get(f, 0.0) for f in RISK_FACTORS] for iid in ids])
@@ -368,7 +369,7 @@ class Market:
         instrument at `start`."""
         as_of = format_ts(self.config.start)
         events = [Event("instruments", i["instrument_id"], i) for i in self.instruments]
-        events.append(Event("risk-models", RISK_MODEL_ID, self.risk_model()))
+        events.append(Event("risk-models", RISK_MODEL_ID, self.risk_model))
         events += [Event("policies", p["portfolio_id"], p) for p in self.policies]
         events += [Event("positions", b.portfolio_id, {
             "portfolio_id": b.portfolio_id, "as_of": as_of, "cash": dict(b.cash),

@@ -422,7 +422,7 @@ class Engine:
         rb = policy.rebalance
         assert rb is not None
         ledger = watch.signals
-        out: list[Event] = list(ledger.expire(ts)) if ledger.live else []
+        out: list[Event] = list(ledger.expire(ts))
         due = False
         if rb.schedule is not None:
             due = ledger.next_check is not None and ts >= ledger.next_check

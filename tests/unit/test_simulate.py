@@ -236,7 +236,8 @@ def test_policy_targets_are_the_initial_exposures_and_nav_is_positive() -> None:
 def test_every_metric_kind_is_limited_and_the_engine_finds_each_book_on_target_at_the_start() -> None:
     """The engine, given only the published reference events, measures every limit of every
     book (risk contribution through the published risk model) at its target."""
-    from monitor.engine import Engine
+    from monitor.engine import Engine, Price
+    from monitor.replay import apply_event
     from monitor.stream.codec import event_from_doc
 
     market = Market(MarketConfig(books=4, seed=9, start=START))
@@ -244,9 +245,7 @@ def test_every_metric_kind_is_limited_and_the_engine_finds_each_book_on_target_a
     engine = Engine()
     for event in market.reference_events():
         decoded = event_from_doc(event.topic, event.value, event.topic)
-        handler = {"instruments": engine.on_instrument, "risk-models": engine.on_risk_model,
-                   "policies": engine.on_policy, "positions": engine.on_snapshot}.get(event.topic)
-        assert (handler(decoded) if handler else engine.on_prices([decoded])) == []  # type: ignore[arg-type]
+        assert (engine.on_prices([decoded]) if isinstance(decoded, Price) else apply_event(engine, decoded)) == []
     for policy in market.policies:
         status = engine.status[policy["portfolio_id"]]
         assert status.unavailable is None and status.band_usage == pytest.approx(0.0, abs=1e-9)
