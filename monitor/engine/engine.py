@@ -22,7 +22,7 @@ from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step
 from monitor.engine.book import Book
 from monitor.engine.exposure import Exposures, Row
 from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
-from monitor.engine.policy import SEVERITY_RANK, Policy
+from monitor.engine.policy import SEVERITY_RANK, Limit, Policy
 from monitor.engine.rebalance import propose
 from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
 from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
@@ -46,19 +46,59 @@ class BookStatus:
     oldest_input_ts: Micros | None = None  # event ts of the oldest price the valuation rests on
 
 
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """One evaluation's note on the limits it found inside their band with nothing open or pending:
+    each was inside at `ts`, measuring its column's actual (what `LimitState.attribute` records).
+    Most limits are quiet most of the time; one note per evaluation replaces a write per limit."""
+
+    ts: Micros
+    limits: tuple[Limit, ...]  # the policy's
+    columns: tuple[int | None, ...]  # per limit: its column in `actuals`, None if not a column
+    actuals: list[float]
+    judged: frozenset[int]  # limits judged one by one, not quiet
+
+    def write(self, states: dict[str, LimitState], ks: Iterable[int]) -> None:
+        """Write the note into the states of those of limits `ks` it holds."""
+        for k in ks:
+            col = self.columns[k]
+            if col is not None and k not in self.judged:
+                state = states[self.limits[k].limit_id]
+                state.inside_ts, state.from_prices, state.from_fills = self.ts, 0.0, 0.0
+                state.last_actual = self.actuals[col]
+
+
+def _quiet(state: LimitState | None) -> bool:
+    return state is not None and state.alert_id is None and state.breach_since is None
+
+
 @dataclass
 class Watch:
-    """What the engine remembers about one book between evaluations; persisted by the shell."""
+    """What the engine remembers about one book between evaluations; persisted by the shell.
 
-    limits: dict[str, LimitState] = field(default_factory=dict)
+    The limits' states are exact when read (`limits`, `to_dict`): the latest `Quiet` note is
+    written into them first."""
+
+    states: dict[str, LimitState] = field(default_factory=dict)  # the engine's; may lag the note
     stale: LimitState = field(default_factory=LimitState)
     nav: LimitState = field(default_factory=LimitState)
     peak_nav: float | None = None
     clock: Micros = 0  # event time of the last evaluation: the state is as of then
     signals: SignalLedger = field(default_factory=SignalLedger)
+    quiet: Quiet | None = field(default=None, repr=False, compare=False)
+    # Indexes of the policy's limits that are not quiet (or never measured); None: not known yet.
+    loud: set[int] | None = field(default=None, repr=False, compare=False)
 
-    def open_alerts(self) -> int:
-        return sum(1 for s in (*self.limits.values(), self.stale, self.nav) if s.alert_id is not None)
+    @property
+    def limits(self) -> dict[str, LimitState]:
+        self.settle()
+        return self.states
+
+    def settle(self) -> None:
+        """Write the quiet note into the states."""
+        if self.quiet is not None:
+            self.quiet.write(self.states, range(len(self.quiet.limits)))
+            self.quiet = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
@@ -142,7 +182,7 @@ class Engine:
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
-        self.exposures.drop(fill.portfolio_id)
+        self.exposures.moved(fill.portfolio_id)
         self._touch(fill.portfolio_id, fill.ts)
         return out + self._settle()
 
@@ -154,7 +194,7 @@ class Engine:
         out = self._advance(snapshot.as_of)
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
-        self.exposures.drop(snapshot.portfolio_id)
+        self.exposures.moved(snapshot.portfolio_id)
         self._index(book)
         self._touch(snapshot.portfolio_id, snapshot.as_of)
         return out + self._settle()
@@ -167,11 +207,13 @@ class Engine:
         self.policies[pid] = policy
         self.exposures.drop(pid)  # its columns follow the limits
         watch = self.watches.setdefault(pid, Watch())
+        watch.settle()
+        watch.loud = None  # indexes of the old policy's limits
         kept = {lim.limit_id for lim in policy.limits}
         out: list[Event] = []
         old_limits = {lim.limit_id: lim for lim in previous.limits} if previous else {}
-        for limit_id in [k for k in watch.limits if k not in kept]:
-            state = watch.limits.pop(limit_id)
+        for limit_id in [k for k in watch.states if k not in kept]:
+            state = watch.states.pop(limit_id)
             old = old_limits.get(limit_id)
             if state.alert_id is not None and old is not None:
                 ts = self.clock.get(pid, 0)
@@ -208,6 +250,9 @@ class Engine:
             self._index(book)
         if policy is not None:
             self.policies[pid] = policy
+            if pid in self.watches:
+                self.watches[pid].settle()
+                self.watches[pid].loud = None  # indexes of the limits of the policy it had
         if watch is not None:
             self.watches[pid] = watch
             self.clock[pid] = max(self.clock.get(pid, 0), watch.clock)
@@ -291,7 +336,7 @@ class Engine:
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
         if book is None or policy is None:
             return []
-        watch = self.watches.setdefault(portfolio_id, Watch())
+        watch = self.watches.get(portfolio_id) or self.watches.setdefault(portfolio_id, Watch())
         watch.clock = ts
         if row is not None and not row.ok:
             row = None  # something is missing: value_book says what
@@ -310,35 +355,41 @@ class Engine:
                           self.instruments, self.prices) if before else None
         held_risk = self._risk(policy, held) if held is not None and uses_risk else None
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
-        # Column limits come measured from the Exposures; the common case, a limit with nothing open
-        # or pending that is inside its band, only notes "inside now" (what step() and attribute()
-        # would do for it).
         measured = row is not None and nav > 0
-        quick = measured and judging and held is None
-        columns = row.block.columns if row is not None else ()
-        states = watch.limits
-        worst: tuple[float, float] | None = None  # (usage, drift)
+        limits, states = policy.limits, watch.states
+        worst: tuple[float, int, float] | None = None  # (usage, limit, drift) of the largest usage
+        if measured and judging and held is None:
+            # The common case: column limits come measured from the Exposures, and those inside their
+            # band with nothing open or pending (most of them) are noted at once; the rest are judged.
+            assert row is not None
+            judge = self._to_judge(watch, limits, row)
+            if watch.quiet is not None:
+                watch.quiet.write(states, judge)  # what the last note held of the limits judged now
+            watch.quiet = Quiet(ts, limits, row.block.columns, row.actuals, frozenset(judge))
+            if row.worst is not None:
+                usage, k = row.worst
+                worst = (usage, k, row.actuals[row.block.columns[k]] - limits[k].target)  # type: ignore[index]
+        else:
+            watch.settle()
+            watch.loud = set()  # every limit is judged: found again below
+            judge = range(len(limits))
+        columns = row.block.columns if measured else ()  # type: ignore[union-attr]
         triggered = False
-        for k, limit in enumerate(policy.limits):
-            state = states.get(limit.limit_id)
+        for k in judge:
+            limit = limits[k]
             col = columns[k] if measured else None
             if col is not None:
                 actual, usage = row.actuals[col], row.usages[col]  # type: ignore[union-attr]
                 if actual != actual:
                     continue  # nan: no risk model, a variance missing, or zero variance
-                if quick and usage <= 1.0 and state is not None and state.alert_id is None \
-                        and state.breach_since is None:
-                    if worst is None or usage > worst[0]:
-                        worst = (usage, actual - limit.target)
-                    state.inside_ts, state.from_prices, state.from_fills, state.last_actual = ts, 0.0, 0.0, actual
-                    continue
             else:
                 measure_ = measure(limit, valuation, self.instruments, watch.peak_nav, risk)[0]
                 if measure_ is None:
                     continue  # unavailable: neither opens nor resolves
                 actual, usage = measure_, limit.band.usage(measure_ - limit.target)
-            if worst is None or usage > worst[0]:
-                worst = (usage, actual - limit.target)
+            if worst is None or usage > worst[0] or (usage == worst[0] and k < worst[1]):
+                worst = (usage, k, actual - limit.target)
+            state = states.get(limit.limit_id)
             if state is None:
                 state = states[limit.limit_id] = LimitState()
             held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
@@ -348,17 +399,29 @@ class Engine:
                 if event is not None:
                     out.append(replace(event, attribution=state.attribution()))
                     triggered |= self._triggers(policy, event)
+        loud = watch.loud
+        assert loud is not None
+        for k in judge:
+            (loud.discard if _quiet(states.get(limits[k].limit_id)) else loud.add)(k)
         if policy.rebalance is not None and judging and valuation.ok and nav > 0:
             out += self._rebalance(policy, book, valuation, watch, ts, triggered)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
-            largest_drift=worst[1] if worst else None,
+            largest_drift=worst[2] if worst else None,
             band_usage=worst[0] if worst else None,
-            open_alerts=watch.open_alerts(),
+            open_alerts=(watch.stale.alert_id is not None) + (watch.nav.alert_id is not None) + sum(
+                1 for k in loud if (state := states.get(limits[k].limit_id)) and state.alert_id),  # quiet: none
             unavailable=valuation.unavailable,
             oldest_input_ts=valuation.oldest_ts,
         )
         return out
+
+    @staticmethod
+    def _to_judge(watch: Watch, limits: tuple[Limit, ...], row: Row) -> list[int]:
+        """The limits to judge one by one: those not quiet, not columns, or outside their band now."""
+        if watch.loud is None:
+            watch.loud = {k for k, lim in enumerate(limits) if not _quiet(watch.states.get(lim.limit_id))}
+        return sorted(watch.loud.union(row.outside, row.block.other_limits))
 
     def _judge_data(self, pid: str, policy: Policy, watch: Watch, valuation: Valuation, ts: Micros,
                     inputs: Inputs) -> list[Event]:
@@ -366,6 +429,9 @@ class Engine:
         out: list[Event] = []
         max_age = policy.evaluation.stale_price
         fresh = valuation.oldest_ts is None or ts - valuation.oldest_ts <= max_age
+        if fresh and watch.stale.alert_id is None and watch.nav.alert_id is None and \
+                not (valuation.ok and (valuation.nav is None or valuation.nav <= 0)):
+            return out  # nearly always: nothing holds, nothing open
         stale = () if fresh else tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
         oldest = max((ts - valuation.input_ts[iid] for iid in stale), default=0) / 1e6
 
@@ -430,7 +496,7 @@ class Engine:
                 ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
         if not (triggered or due or ledger.live):
             return out  # nearly every evaluation: nothing to settle or propose
-        open_states = {lid: st for lid, st in watch.limits.items() if st.alert_id is not None}
+        open_states = {lid: st for lid, st in watch.states.items() if st.alert_id is not None}
         ledger.settle(set(open_states))
         all_ids = [lim.limit_id for lim in policy.limits]
         if triggered and rb.mode == "global":

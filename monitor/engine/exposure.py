@@ -25,7 +25,7 @@ the `Valuation` a `Row` gives.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -76,6 +76,8 @@ class _Block:
     cash_pair: np.ndarray
     cash_amt: np.ndarray
     columns: tuple[int | None, ...]  # per policy limit: its column, None if not one of COLUMN_METRICS
+    column_limit: tuple[int, ...]  # per column: its limit's index in the policy
+    other_limits: frozenset[int]  # the policy's limits that are not columns (measured one by one)
     target: np.ndarray  # per column
     below: np.ndarray
     above: np.ndarray
@@ -121,6 +123,7 @@ class _Packed:
     at: dict[str, int]  # book -> its position in `order`
     hold_ptr: np.ndarray  # book k's holdings are hold_ptr[k]:hold_ptr[k+1]
     col_ptr: np.ndarray
+    cash_ptr: np.ndarray
     hold_book: np.ndarray
     inst: np.ndarray
     qty: np.ndarray
@@ -153,6 +156,8 @@ class _Packed:
         n_col = np.array([b.n_columns for b in bs], dtype=np.int64)
         hold_ptr = np.concatenate(([0], np.cumsum(n_hold)))
         col_ptr = np.concatenate(([0], np.cumsum(n_col)))
+        n_cash = np.array([len(b.cash_pair) for b in bs], dtype=np.int64)
+        cash_ptr = np.concatenate(([0], np.cumsum(n_cash)))
         ks = np.arange(len(bs))
         n_term = np.array([len(b.term_col) for b in bs], dtype=np.int64)
 
@@ -171,9 +176,9 @@ class _Packed:
             if b.model is not None:
                 models[id(b.model)][1].append(k)
         return cls(
-            order, {pid: k for k, pid in enumerate(order)}, hold_ptr, col_ptr,
+            order, {pid: k for k, pid in enumerate(order)}, hold_ptr, col_ptr, cash_ptr,
             np.repeat(ks, n_hold), cat("inst", np.int64), cat("qty"), cat("mult"), cat("pair", np.int64),
-            np.repeat(ks, [len(b.cash_pair) for b in bs]), cat("cash_pair", np.int64), cat("cash_amt"),
+            np.repeat(ks, n_cash), cat("cash_pair", np.int64), cat("cash_amt"),
             np.repeat(ks, n_col), cat("target"), cat("below"), cat("above"), cat("risk", bool),
             cat("risk_factor", np.int64), cat("risk_specific", bool), load, cat("spec"),
             [(cov, np.array(books, dtype=np.int64)) for cov, books in models.values()],
@@ -192,8 +197,10 @@ class Row:
     oldest: Micros | None  # event ts of the oldest price or rate a holding rests on
     actuals: list[float]  # per column of the block
     usages: list[float]  # |drift| / band half-width on its side
-    _mv: list[float]
-    _input_ts: list[int]
+    outside: list[int]  # the limits (indexes in the policy) whose column is outside its band or unmeasured
+    worst: tuple[float, int] | None  # the largest usage of a measured column, and its limit (the first one)
+    _mv: np.ndarray  # per holding of the block
+    _input_ts: np.ndarray
 
     @property
     def ok(self) -> bool:
@@ -202,8 +209,8 @@ class Row:
     def valuation(self) -> Valuation:
         """The book as a Valuation (MVs built only if read: drawdown needs NAV alone)."""
         iids = self.block.iids
-        return Valuation(self.nav, _Lazy(lambda: dict(zip(iids, self._mv))), self.newest or None, None,
-                         _Lazy(lambda: dict(zip(iids, self._input_ts))), oldest_ts=self.oldest)
+        return Valuation(self.nav, _Lazy(lambda: dict(zip(iids, self._mv.tolist()))), self.newest or None, None,
+                         _Lazy(lambda: dict(zip(iids, self._input_ts.tolist()))), oldest_ts=self.oldest)
 
 
 class Exposures:
@@ -216,6 +223,7 @@ class Exposures:
         self.pairs: dict[tuple[str, str], int] = {}  # (currency, base) -> FX pair column
         self.factors: dict[str, int] = {}  # risk factor -> column in the loadings
         self._blocks: dict[str, _Block] = {}
+        self._moved: set[str] = set()  # books whose positions or cash changed since their block was built
         self._packed: _Packed | None = None
 
     def set_price(self, instrument_id: str, price: float, ts: Micros) -> None:
@@ -225,15 +233,42 @@ class Exposures:
             self.px_ts[j] = ts
 
     def drop(self, portfolio_id: str) -> None:
-        """The book's positions or policy changed: its arrays are rebuilt when next valued."""
+        """The book's policy changed (or the book was restored): its arrays are rebuilt when next valued."""
+        self._moved.discard(portfolio_id)
         if self._blocks.pop(portfolio_id, None) is not None:
             self._packed = None
+
+    def moved(self, portfolio_id: str) -> None:
+        """The book's positions or cash changed (a fill, a snapshot). When next valued, the new
+        quantities are written into the arrays in place if it holds the same instruments and
+        currencies as before; else its arrays are rebuilt (and all repacked)."""
+        if portfolio_id in self._blocks:
+            self._moved.add(portfolio_id)
 
     def clear(self) -> None:
         """Reference data or a risk model changed (multipliers, currencies, buckets, loadings,
         variances): rebuild all."""
         self._blocks.clear()
+        self._moved.clear()
         self._packed = None
+
+    def _requantify(self, book: Book, base: str) -> None:
+        """A moved book: its new quantities and cash into its block, and into the packed arrays."""
+        self._moved.discard(book.portfolio_id)
+        block = self._blocks[book.portfolio_id]
+        iids = tuple(sorted(book.positions))
+        cash = sorted(book.cash.items())
+        if iids != block.iids or [self._pair(ccy, base) for ccy, _ in cash] != block.cash_pair.tolist():
+            self.drop(book.portfolio_id)
+            return
+        qty = np.array([book.positions[iid] for iid in iids], dtype=np.float64)
+        amt = np.array([a for _, a in cash], dtype=np.float64)
+        self._blocks[book.portfolio_id] = replace(block, qty=qty, cash_amt=amt)
+        p = self._packed
+        if p is not None:
+            k = p.at[book.portfolio_id]
+            p.qty[p.hold_ptr[k]:p.hold_ptr[k + 1]] = qty
+            p.cash_amt[p.cash_ptr[k]:p.cash_ptr[k + 1]] = amt
 
     def value(self, books: Sequence[tuple[Book, Policy, RiskModel | None]], instruments: Mapping[str, Instrument],
               prices: PriceBook) -> dict[str, Row]:
@@ -241,6 +276,8 @@ class Exposures:
         column limits; a book some holding's reference data is missing for has no row (the
         engine's `value_book` says what is missing)."""
         for book, policy, model in books:
+            if book.portfolio_id in self._moved:
+                self._requantify(book, policy.base_currency)
             if book.portfolio_id not in self._blocks:
                 block = self._block(book, policy, model, instruments, prices)
                 if block is not None:
@@ -298,17 +335,27 @@ class Exposures:
             actual = sums / denominator
             drift = actual - p.target[cols]
             usage = np.where(drift >= 0, drift / p.above[cols], -drift / p.below[cols])
-        actual_l, usage_l, mv_l, its_l = actual.tolist(), usage.tolist(), mv.tolist(), input_ts.tolist()
+            outside = np.flatnonzero(~(usage <= 1.0))  # nan too
+            ranked = np.where(usage == usage, usage, -1.0).tolist()  # usage >= 0; -1: unmeasured
+        actual_l, usage_l = actual.tolist(), usage.tolist()
         nav_l, newest_l, oldest_l = nav.tolist(), newest.tolist(), oldest.tolist()
+        outside_l, o0 = outside.tolist(), 0
         rows: dict[str, Row] = {}
         h0 = c0 = 0
         for k in ks:
             pid = p.order[k]
             block = self._blocks[pid]
             h1, c1 = h0 + len(block.iids), c0 + block.n_columns
+            o1 = o0
+            while o1 < len(outside_l) and outside_l[o1] < c1:
+                o1 += 1
+            top = max(ranked[c0:c1]) if c1 > c0 else -1.0
             rows[pid] = Row(block, nav_l[k], newest_l[k], None if oldest_l[k] == _NO_TS else oldest_l[k],
-                            actual_l[c0:c1], usage_l[c0:c1], mv_l[h0:h1], its_l[h0:h1])
-            h0, c0 = h1, c1
+                            actual_l[c0:c1], usage_l[c0:c1],
+                            [block.column_limit[c - c0] for c in outside_l[o0:o1]],
+                            (top, block.column_limit[ranked.index(top, c0, c1) - c0]) if top >= 0 else None,
+                            mv[h0:h1], input_ts[h0:h1])
+            h0, c0, o0 = h1, c1, o1
         return rows
 
     @staticmethod
@@ -318,10 +365,11 @@ class Exposures:
         holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
         x_f (F x)_f and the specific part (nan for a book without a model or variances)."""
         load = p.load[hs]
-        # per factor, a bincount: np.add.at on the 2-D array is ~15x slower for the same sums
+        # x = B'w per book: the holdings come grouped by book, so one reduceat sums every factor
         exposure = np.zeros((n, load.shape[1]))
-        for f in range(load.shape[1]):
-            exposure[:, f] = np.bincount(book_of, w * load[:, f], minlength=n)
+        if len(hs):
+            starts = np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))
+            exposure[book_of[starts]] = np.add.reduceat(w[:, None] * load, starts, axis=0)
         covaried = np.full_like(exposure, np.nan)
         for cov, books in p.models:
             covaried[books] = exposure[books] @ cov
@@ -387,7 +435,8 @@ class Exposures:
             iids, ints([self._column(iid, prices) for iid in iids]), floats([book.positions[iid] for iid in iids]),
             floats([inst.multiplier for inst in held]), ints([self._pair(inst.currency, base) for inst in held]),
             ints([self._pair(ccy, base) for ccy, _ in cash]), floats([a for _, a in cash]),
-            tuple(columns), floats([lim.target for lim in measured]), floats([lim.band.below for lim in measured]),
+            tuple(columns), tuple(k for k, c in enumerate(columns) if c is not None),
+            frozenset(k for k, c in enumerate(columns) if c is None), floats([lim.target for lim in measured]), floats([lim.band.below for lim in measured]),
             floats([lim.band.above for lim in measured]), np.array(risky, dtype=bool),
             ints([self.factors[lim.bucket or ""] if r and lim.dimension == "factor" and lim.bucket in model_factors
                   else -1 for lim, r in zip(measured, risky)]),

@@ -120,3 +120,38 @@ def test_a_missing_price_or_rate_makes_the_row_unusable_and_unknown_reference_da
     assert row.ok and row.nav == pytest.approx(10 * 100.0 / 1.1 + 5 * 50.0 * 10)  # I0 in USD, I1 in EUR
     stranger = Book("B2", positions={"NOPE": 1.0})
     assert "B2" not in exposures.value([(stranger, POLICY, None)], instruments, prices)
+
+
+changes_st = st.lists(st.tuples(st.integers(0, 2), st.sampled_from([f"I{i}" for i in range(6)] + ["EUR", "GBP"]),
+                                st.floats(min_value=-1_000, max_value=1_000)), min_size=1, max_size=10)
+
+
+@given(books=st.lists(quantities_st, min_size=1, max_size=3), start=st.lists(prices_st, min_size=8, max_size=8),
+       changes=changes_st)
+@settings(max_examples=100, deadline=None)
+def test_positions_moved_in_place_value_as_if_built_afresh(books, start, changes):
+    """A fill or snapshot writes a book's new quantities into the arrays in place (same instruments
+    and currencies) or rebuilds its layout (a holding or a currency comes or goes): either way the
+    book values to the same floats as in an Exposures built from nothing."""
+    instruments = universe(6)
+    held = [Book(f"B{n}", positions={f"I{i}": q for i, q in enumerate(qs) if i % 3 != n % 3},
+                 cash={"USD": 50_000.0, "EUR": -10_000.0}) for n, qs in enumerate(books)]
+    pairs = [(book, POLICY, MODEL) for book in held]
+    ids = [f"I{i}" for i in range(6)] + ["EURUSD", "GBPUSD"]
+    prices = {iid: (px, 1) for iid, px in zip(ids, start)}
+    exposures = Exposures()
+    exposures.value(pairs, instruments, prices)
+    for n, what, amount in changes:
+        book = held[n % len(held)]
+        where = book.cash if what in ("EUR", "GBP") else book.positions
+        if amount == 0:
+            where.pop(what, None)  # a position closed, or a currency gone
+        else:
+            where[what] = amount  # a quantity changed, or a new holding
+        exposures.moved(book.portfolio_id)
+        moved = exposures.value(pairs, instruments, prices)
+        fresh = Exposures().value(pairs, instruments, prices)
+        for pid, row in fresh.items():
+            assert (moved[pid].nav == row.nav) or (row.nav != row.nav and moved[pid].nav != moved[pid].nav)
+            assert np.array_equal(moved[pid].actuals, row.actuals, equal_nan=True), pid
+            assert np.array_equal(moved[pid]._mv, row._mv), pid

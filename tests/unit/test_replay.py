@@ -102,3 +102,25 @@ def test_closing_a_window_once_its_events_are_in_changes_nothing(tmp_path):
     (plain, _), (closed, early) = run(False), run(True)
     assert len(plain) > 20 and early > 0
     assert closed == plain
+
+
+def test_noting_quiet_limits_at_once_equals_judging_each(tmp_path, monkeypatch):
+    """Limits inside their band with nothing open or pending are noted per evaluation (`Quiet`), not
+    judged one by one: the alerts, the book statuses and every persisted limit state are the same
+    as when every limit is judged (the simulator's policies use every metric kind)."""
+    lines = _log(tmp_path, ticks=12_000).read_bytes().splitlines()
+
+    def run() -> tuple[list[bytes], dict, dict, int]:
+        engine, noted = Engine(tick=10_000), 0
+        out = [orjson.dumps(output_record(e)) for e in Replay(engine).run(lines)]
+        for watch in engine.watches.values():
+            if watch.quiet is not None:
+                noted += len(watch.quiet.limits) - len(watch.quiet.judged)
+        return out, {p: w.to_dict() for p, w in engine.watches.items()}, dict(engine.status), noted
+
+    noting = run()
+    monkeypatch.setattr(Engine, "_to_judge", staticmethod(lambda watch, limits, row: list(range(len(limits)))))
+    judging = run()
+    assert noting[3] > 0 and judging[3] == 0  # the note was used, and then not
+    assert len(noting[0]) > 20
+    assert noting[:3] == judging[:3]
