@@ -29,7 +29,7 @@ import structlog
 from monitor.contract import ContractError, validate
 from monitor.engine.model import Micros, Price, Rejected, format_ts, parse_ts
 from monitor.ops.config import Settings
-from monitor.stream.codec import decode_event
+from monitor.stream.codec import decode_price
 
 log = structlog.get_logger("monitor.paper")
 
@@ -117,7 +117,7 @@ def decode_price(raw: bytes | None) -> Price | None:
     The worker dead-letters bad prices; here they are simply not used.
     """
     try:
-        price = decode_event("prices", raw, "prices")
+        price = decode_price(raw)
     except Rejected:
         return None
     assert isinstance(price, Price)

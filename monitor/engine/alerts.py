@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from monitor.engine.model import Micros, format_ts
 from monitor.engine.policy import Evaluation, Limit
@@ -83,9 +83,9 @@ def condition_step(state: LimitState, portfolio_id: str, kind: str, holds: bool,
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Inputs:
-    """The events behind a number: newest price used and the last fill applied."""
+class Inputs(NamedTuple):
+    """The events behind a number: newest price used and the last fill applied (a named tuple:
+    built per book evaluation)."""
 
     price_ts: Micros | None
     last_fill_id: str | None

@@ -38,7 +38,7 @@ def fx_rate(ccy: str, base: str, prices: PriceBook) -> tuple[float, Micros] | No
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per book evaluation, and a frozen one costs ~4x more
 class Valuation:
     """A book valued at the latest prices; `unavailable` says why when it cannot be."""
 

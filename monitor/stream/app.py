@@ -45,7 +45,7 @@ from monitor.engine.signals import Decision
 from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
-from monitor.stream.codec import dead_letter, decode_event, encode
+from monitor.stream.codec import dead_letter, decode_event, decode_price, encode
 from monitor.stream.gate import AHEAD, Gate, laggards, market_mark
 
 log = structlog.get_logger("monitor.worker")
@@ -399,7 +399,7 @@ class Worker:
         lags: list[Micros] = []
         for r in records:
             try:
-                price = decode_event("prices", r.value, "")
+                price = decode_price(r.value)
             except Rejected as rejected:
                 await self._dead_letter("prices", r.key, r.value, r.partition, r.offset, r.timestamp, rejected)
                 continue

@@ -38,8 +38,9 @@ class Gate(Generic[T]):
     def release(self, watermark: Micros) -> list[T]:
         """Everything held with an event time below the watermark, oldest first."""
         out: list[T] = []
-        while self._held and self._held[0][0] < watermark:
-            out.append(heapq.heappop(self._held)[2])
+        held, pop, append = self._held, heapq.heappop, out.append  # per price: locals, not lookups
+        while held and held[0][0] < watermark:
+            append(pop(held)[2])
         return out
 
     def drop(self, unwanted: Callable[[T], bool]) -> None:

@@ -23,6 +23,7 @@ from jsonschema import Draft202012Validator
 
 from monitor import contract
 from monitor.contract import TOPICS_WITH_SCHEMAS, ContractError, validate, validator
+from monitor.engine import Price, Rejected
 from monitor.ops.config import ALL_TOPICS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -291,9 +292,9 @@ _KEYS = st.sampled_from(["instrument_id", "price", "ts", "schema_version", "extr
 @given(st.dictionaries(_KEYS, _VALUES, max_size=5))
 @settings(max_examples=2_000, deadline=None)
 def test_the_price_fast_path_never_accepts_what_the_schema_refuses(doc):
-    from monitor.contract import _plain_price
+    from monitor.contract import plain_price
 
-    if _plain_price(doc):
+    if plain_price(doc):
         assert validator("prices").is_valid(doc), doc
 
 
@@ -301,9 +302,34 @@ def test_the_price_fast_path_never_accepts_what_the_schema_refuses(doc):
        st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(timezone.utc)), st.booleans())
 @settings(max_examples=300, deadline=None)
 def test_the_price_fast_path_takes_every_ordinary_price(iid, price, moment, versioned):
-    from monitor.contract import _plain_price
+    from monitor.contract import plain_price
 
     doc = {"instrument_id": iid, "price": price, "ts": moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}
     if versioned:
         doc["schema_version"] = 1
-    assert validator("prices").is_valid(doc) and _plain_price(doc)
+    assert validator("prices").is_valid(doc) and plain_price(doc)
+
+
+def _decoded(decode, raw):
+    try:
+        return decode(raw)
+    except Rejected as rejected:
+        return rejected.code
+
+
+_PLAIN = st.fixed_dictionaries({"instrument_id": st.text(min_size=1, max_size=6), "price": st.floats(1e-9, 1e9),
+                                "ts": st.sampled_from(["2026-01-05T14:30:00Z", "2026-01-05T14:30:00.5+01:00"])})
+
+
+@given(st.one_of(st.dictionaries(_KEYS, _VALUES, max_size=5).map(json.dumps), _PLAIN.map(json.dumps),
+                 st.sampled_from(["", "[1]", "{", "null", '{"instrument_id": "A", "price": 1e999, "ts": '
+                                  '"2026-01-05T14:30:00Z"}']),
+                 st.binary(max_size=8).map(lambda b: b.decode("latin-1"))).map(str.encode) | st.none())
+@settings(max_examples=2_000, deadline=None)
+def test_the_price_decoder_gives_what_the_general_decoder_gives(raw):
+    """decode_price is decode_event for prices, faster: the same Price, or refused with the same code."""
+    from monitor.stream.codec import decode_event, decode_price
+
+    general = _decoded(lambda r: decode_event("prices", r, ""), raw)
+    assert _decoded(decode_price, raw) == general
+    assert isinstance(general, (Price, str))
