@@ -111,17 +111,15 @@ def decode_signal(raw: bytes | None) -> dict[str, Any] | None:
     return doc
 
 
-def decode_price(raw: bytes | None) -> Price | None:
+def usable_price(raw: bytes | None) -> Price | None:
     """A price message as the worker reads it, or None if it would be refused.
 
     The worker dead-letters bad prices; here they are simply not used.
     """
     try:
-        price = decode_price(raw)
+        return decode_price(raw)
     except Rejected:
         return None
-    assert isinstance(price, Price)
-    return price
 
 
 def log_execution(doc: Mapping[str, Any], fills: list[dict[str, Any]]) -> None:
@@ -166,7 +164,7 @@ async def run_paper_trader(settings: Settings, stop: asyncio.Event | None = None
             records = [r for part in batch.values() for r in part]
             # prices first: a signal in the same batch executes at the freshest price
             for record in records:
-                if record.topic == prices_topic and (price := decode_price(record.value)) is not None:
+                if record.topic == prices_topic and (price := usable_price(record.value)) is not None:
                     trader.on_price(price.instrument_id, price.price, price.ts)
             for record in records:
                 if record.topic != prices_topic and (doc := decode_signal(record.value)) is not None:
