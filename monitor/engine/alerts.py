@@ -204,32 +204,28 @@ def step(
     ts: Micros,
     inputs: Inputs,
 ) -> AlertEvent | None:
-    """Advance one limit's lifecycle on a fresh measurement; return the event it causes, if any."""
+    """Advance one limit's lifecycle on a fresh measurement; return the event it causes, if any.
+    (Runs for every limit outside its band or with an alert open, every evaluation: it builds
+    nothing until there is an event.)"""
     usage = limit.band.usage(actual - limit.target)
-    severity = evaluation.severity(usage)
-    outside = usage > 1.0
-
-    def event(state_name: str, sev: str) -> AlertEvent:
-        assert state.alert_id is not None and state.opened_ts is not None
-        return AlertEvent(state.alert_id, state_name, "LIMIT", portfolio_id, limit.limit_id, limit.metric, actual,
-                          limit.target, limit.band.bounds(limit.target), sev, policy_version, ts, state.opened_ts,
-                          inputs, limit.dimension, limit.bucket)
-
     if state.alert_id is None:
-        if not outside:
+        if not usage > 1.0:
             state.breach_since = None
             return None
         if state.breach_since is None:
             state.breach_since = ts
         if ts - state.breach_since < evaluation.persistence:
             return None
+        severity = evaluation.severity(usage)
         state.alert_id = digest(portfolio_id, limit.limit_id, state.breach_since)
         state.opened_ts = ts
         state.severity = severity
-        return event("OPEN", severity or "BREACH")
+        return _limit_event(state, "OPEN", severity or "BREACH", portfolio_id, limit, policy_version, actual, ts,
+                            inputs)
 
     if usage <= 1.0 - evaluation.hysteresis:
-        resolved = event("RESOLVED", state.severity or "BREACH")  # the severity it had when it ended
+        resolved = _limit_event(state, "RESOLVED", state.severity or "BREACH",  # the severity it had when it ended
+                                portfolio_id, limit, policy_version, actual, ts, inputs)
         state.breach_since = state.alert_id = state.opened_ts = state.severity = None
         return resolved
     # Open alerts move between BREACH and CRITICAL; the way down needs the hysteresis margin
@@ -237,8 +233,16 @@ def step(
     old_severity = state.severity or "BREACH"
     if old_severity == "BREACH" and usage > evaluation.critical_multiple:
         state.severity = "CRITICAL"
-        return event("ESCALATED", "CRITICAL")
+        return _limit_event(state, "ESCALATED", "CRITICAL", portfolio_id, limit, policy_version, actual, ts, inputs)
     if old_severity == "CRITICAL" and usage <= evaluation.critical_multiple - evaluation.hysteresis:
         state.severity = "BREACH"
-        return event("DEESCALATED", "BREACH")
+        return _limit_event(state, "DEESCALATED", "BREACH", portfolio_id, limit, policy_version, actual, ts, inputs)
     return None
+
+
+def _limit_event(state: LimitState, state_name: str, severity: str, portfolio_id: str, limit: Limit,
+                 policy_version: int, actual: float, ts: Micros, inputs: Inputs) -> AlertEvent:
+    assert state.alert_id is not None and state.opened_ts is not None
+    return AlertEvent(state.alert_id, state_name, "LIMIT", portfolio_id, limit.limit_id, limit.metric, actual,
+                      limit.target, limit.band.bounds(limit.target), severity, policy_version, ts, state.opened_ts,
+                      inputs, limit.dimension, limit.bucket)

@@ -140,6 +140,8 @@ class SignalLedger:
 
     def expire(self, now: Micros) -> list[SignalEvent]:
         """Pending signals whose TTL has passed by event time `now` (each at its expiry time)."""
+        if not self.live:
+            return []  # nearly always, and asked at every evaluation of the book
         due = sorted((entry["expires"], sid) for sid, entry in self.live.items()
                      if entry["state"] == PENDING and entry["expires"] is not None and entry["expires"] <= now)
         return [self._move(sid, EXPIRED, at, "no decision within the TTL") for at, sid in due]
