@@ -407,12 +407,12 @@ class Engine:
             (loud.discard if _quiet(states.get(limits[k].limit_id)) else loud.add)(k)
         if policy.rebalance is not None and judging and valuation.ok and nav > 0:
             out += self._rebalance(policy, book, valuation, watch, ts, triggered)
+        open_limits = sum(1 for k in loud if (s := states.get(limits[k].limit_id)) and s.alert_id)  # quiet: none
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
             largest_drift=worst[2] if worst else None,
             band_usage=worst[0] if worst else None,
-            open_alerts=(watch.stale.alert_id is not None) + (watch.nav.alert_id is not None) + sum(
-                1 for k in loud if (state := states.get(limits[k].limit_id)) and state.alert_id),  # quiet: none
+            open_alerts=open_limits + (watch.stale.alert_id is not None) + (watch.nav.alert_id is not None),
             unavailable=valuation.unavailable,
             oldest_input_ts=valuation.oldest_ts,
         )
@@ -431,9 +431,10 @@ class Engine:
         out: list[Event] = []
         max_age = policy.evaluation.stale_price
         fresh = valuation.oldest_ts is None or ts - valuation.oldest_ts <= max_age
-        if fresh and watch.stale.alert_id is None and watch.nav.alert_id is None and \
-                not (valuation.ok and (valuation.nav is None or valuation.nav <= 0)):
-            return out  # nearly always: nothing holds, nothing open
+        nav = valuation.nav
+        non_positive = valuation.ok and nav is not None and nav <= 0  # an unknown NAV is neither
+        if fresh and not non_positive and watch.stale.alert_id is None and watch.nav.alert_id is None:
+            return out  # nearly always: neither condition holds, and neither is open
         stale = () if fresh else tuple(sorted(iid for iid, t in valuation.input_ts.items() if ts - t > max_age))
         oldest = max((ts - valuation.input_ts[iid] for iid in stale), default=0) / 1e6
 
@@ -448,7 +449,6 @@ class Engine:
         event = condition_step(watch.stale, pid, "DATA_STALE", bool(stale), ts, stale_event)
         if event is not None:
             out.append(event)
-        nav = valuation.nav
 
         def nav_event(state: str, alert_id: str, opened: Micros) -> AlertEvent:
             reason = (f"NAV is {nav:,.2f} {policy.base_currency} (<= 0): weights are undefined, limits not judged"
@@ -457,7 +457,7 @@ class Engine:
                               "CRITICAL", policy.version, ts, opened, inputs, reason=reason)
 
         if valuation.ok:  # an unknown NAV neither opens nor resolves this condition
-            event = condition_step(watch.nav, pid, "NAV_NON_POSITIVE", nav is not None and nav <= 0, ts, nav_event)
+            event = condition_step(watch.nav, pid, "NAV_NON_POSITIVE", non_positive, ts, nav_event)
             if event is not None:
                 out.append(event)
         return out

@@ -25,6 +25,7 @@ the `Valuation` a `Row` gives.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Mapping, Sequence
 
@@ -346,9 +347,7 @@ class Exposures:
             pid = p.order[k]
             block = self._blocks[pid]
             h1, c1 = h0 + len(block.iids), c0 + block.n_columns
-            o1 = o0
-            while o1 < len(outside_l) and outside_l[o1] < c1:
-                o1 += 1
+            o1 = bisect_left(outside_l, c1, o0)
             top = max(ranked[c0:c1]) if c1 > c0 else -1.0
             rows[pid] = Row(block, nav_l[k], newest_l[k], None if oldest_l[k] == _NO_TS else oldest_l[k],
                             actual_l[c0:c1], usage_l[c0:c1],
