@@ -369,19 +369,16 @@ class Worker:
         return bool(read)
 
     async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
-        """One batch (records by partition): reference data goes to the engine at once, prices to
-        the gate."""
+        """One batch (records by partition): reference data goes to the engine at once, then prices
+        to the gate, each partition's as one run."""
         now = now_us()
-        by_topic: dict[str, list[Any]] = {t: [] for t in MARKET_TOPICS}
+        by_topic: dict[str, list[tuple[Any, list[Any]]]] = {t: [] for t in MARKET_TOPICS}
         for tp, records in batch.items():
-            by_topic[self.settings.logical(tp.topic)] += records
-        for topic, group in by_topic.items():
-            if group:
-                metrics.EVENTS_CONSUMED.labels(topic).inc(len(group))
-            if topic == "prices":
-                await self._hold_prices(group, now)
-                continue
-            for r in group:
+            topic = self.settings.logical(tp.topic)
+            by_topic[topic].append((tp, records))
+            metrics.EVENTS_CONSUMED.labels(topic).inc(len(records))
+        for topic in ("instruments", "risk-models"):
+            for r in (r for _, records in by_topic[topic] for r in records):
                 try:
                     event = decode_event(topic, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
                 except Rejected as rejected:
@@ -391,24 +388,27 @@ class Worker:
                     alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
                               else self.engine.on_risk_model(event))
                     await self._emit(alerts)
+        for tp, records in by_topic["prices"]:
+            await self._hold_prices(tp.partition, records, now)
 
-    async def _hold_prices(self, records: list[Any], now: Micros) -> None:
-        """Prices into the gate; the newest ts read per partition moves the market watermark."""
-        hold = self.gate.hold
-        newest = self._price_read
-        lags: list[Micros] = []
+    async def _hold_prices(self, partition: int, records: list[Any], now: Micros) -> None:
+        """A partition's prices into the gate; the newest ts read moves the market watermark."""
+        times: list[Micros] = []
+        prices: list[Price] = []
         for r in records:
             try:
                 price = decode_price(r.value)
             except Rejected as rejected:
                 await self._dead_letter("prices", r.key, r.value, r.partition, r.offset, r.timestamp, rejected)
                 continue
-            ts = price.ts  # type: ignore[union-attr]
-            hold(ts, price)
-            if ts > newest.get(r.partition, 0):
-                newest[r.partition] = ts
-            lags.append(now - ts)
-        metrics.observe_many(_PRICE_LAG, np.maximum(np.array(lags, dtype=float), 0.0) / 1e6)
+            times.append(price.ts)
+            prices.append(price)
+        if not prices:
+            return
+        self.gate.hold_run(times, prices)
+        self._price_read[partition] = max(self._price_read.get(partition, 0), max(times))
+        lags = (now - np.array(times, dtype=float)) / 1e6
+        metrics.observe_many(_PRICE_LAG, np.maximum(lags, 0.0))
 
     def _apply_prices(self, prices: list[Price], until: Micros | None = None) -> list[Event]:
         """Prices into the engine; then, if every event before `until` has been applied, the open

@@ -14,8 +14,7 @@ keys in order); that is the one assumption.
 
 from __future__ import annotations
 
-import heapq
-import itertools
+from bisect import bisect_left
 from typing import Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
 from monitor.engine.model import Micros
@@ -25,28 +24,60 @@ T = TypeVar("T")
 
 
 class Gate(Generic[T]):
+    """Held items as runs, each what one `hold_run` brought (one partition's records of a fetch),
+    sorted by event time. Releasing takes a prefix of each run and merges them: per price, a list
+    slice and a share of one sort, where a heap cost a push and a pop of log(held) compares."""
+
     def __init__(self) -> None:
-        self._held: list[tuple[Micros, int, T]] = []
-        self._seq = itertools.count()  # ties leave in the order they came
+        self._runs: list[list] = []  # [ts list, item list, index of the first still held], as they came
+        self._held = 0
 
     def __len__(self) -> int:
-        return len(self._held)
+        return self._held
 
     def hold(self, ts: Micros, item: T) -> None:
-        heapq.heappush(self._held, (ts, next(self._seq), item))
+        self.hold_run([ts], [item])
+
+    def hold_run(self, ts: list[Micros], items: list[T]) -> None:
+        """Items in the order they came, with their event times (in order or not)."""
+        if ts != sorted(ts):
+            order = sorted(range(len(ts)), key=ts.__getitem__)  # stable: ties stay as they came
+            ts, items = [ts[i] for i in order], [items[i] for i in order]
+        self._runs.append([ts, items, 0])
+        self._held += len(ts)
 
     def release(self, watermark: Micros) -> list[T]:
-        """Everything held with an event time below the watermark, oldest first."""
+        """Everything held with an event time below the watermark, oldest first, ties in the order
+        they came."""
+        times: list[Micros] = []
         out: list[T] = []
-        held, pop, append = self._held, heapq.heappop, out.append  # per price: locals, not lookups
-        while held and held[0][0] < watermark:
-            append(pop(held)[2])
+        kept: list[list] = []
+        merge = False
+        for run in self._runs:
+            ts, items, start = run
+            end = bisect_left(ts, watermark, start)
+            if end > start:
+                merge = bool(out)
+                times += ts[start:end]
+                out += items[start:end]
+            if end < len(ts):
+                run[2] = end
+                kept.append(run)
+        self._runs = kept
+        self._held -= len(out)
+        if merge:  # runs in the order they came, so a stable sort keeps ties in that order
+            order = sorted(range(len(out)), key=times.__getitem__)
+            out = [out[i] for i in order]
         return out
 
     def drop(self, unwanted: Callable[[T], bool]) -> None:
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
-        self._held = [h for h in self._held if not unwanted(h[2])]
-        heapq.heapify(self._held)
+        runs = self._runs
+        self._runs, self._held = [], 0
+        for ts, items, start in runs:
+            keep = [k for k in range(start, len(ts)) if not unwanted(items[k])]
+            if keep:
+                self.hold_run([ts[k] for k in keep], [items[k] for k in keep])
 
 
 def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Micros) -> set[int]:

@@ -1,5 +1,8 @@
 """The gate between the worker's two streams: release in event-time order, and who to read when full."""
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from monitor.stream.gate import AHEAD, Gate, laggards, market_mark
 
 
@@ -37,3 +40,32 @@ def test_unread_reference_data_holds_the_market_mark_at_zero():
     # the instruments of a backlog not yet read: no price may be released, however far they are read
     assert market_mark({0: (500, True), 1: (300, True)}, reference_read=False) == (0, 300, set())
     assert market_mark({0: (500, False)}, reference_read=False).mark == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.tuples(st.just("hold"), st.lists(st.integers(0, 50), min_size=1, max_size=8)),
+    st.tuples(st.just("release"), st.integers(0, 60)),
+    st.tuples(st.just("drop"), st.integers(0, 4)),
+), max_size=40))
+def test_releases_what_a_sort_by_event_time_then_arrival_releases(steps):
+    """Runs held in any order and any ts order, released and dropped in any sequence: what leaves is
+    what sorting everything held by (ts, order of arrival) and cutting at the watermark gives."""
+    gate: Gate[int] = Gate()
+    held: list[tuple[int, int]] = []  # (ts, arrival number): the reference
+    arrived = 0
+    for step, arg in steps:
+        if step == "hold":
+            numbers = list(range(arrived, arrived + len(arg)))
+            arrived += len(arg)
+            gate.hold_run(list(arg), numbers) if len(arg) > 1 else gate.hold(arg[0], numbers[0])
+            held += zip(arg, numbers)
+        elif step == "release":
+            expected = [n for ts, n in sorted(held) if ts < arg]
+            assert gate.release(arg) == expected
+            held = [(ts, n) for ts, n in held if ts >= arg]
+        else:
+            gate.drop(lambda n: n % 5 == arg)
+            held = [(ts, n) for ts, n in held if n % 5 != arg]
+        assert len(gate) == len(held)
+    assert gate.release(AHEAD) == [n for _, n in sorted(held)]
