@@ -291,15 +291,18 @@ class Exposures:
         if not ks:
             return {}
         n = len(p.order)
-        touched = np.zeros(n, dtype=bool)
-        touched[ks] = True
         rate, rate_ts = self._rates(prices)
-        hs = np.flatnonzero(touched[p.hold_book])
+        if len(ks) == n:  # every book (the usual window of a busy feed): whole arrays, nothing gathered
+            hs = cs = cols = ts_ = slice(None)
+        else:
+            touched = np.zeros(n, dtype=bool)
+            touched[ks] = True
+            hs, cs = np.flatnonzero(touched[p.hold_book]), np.flatnonzero(touched[p.cash_book])
+            cols, ts_ = np.flatnonzero(touched[p.col_book]), np.flatnonzero(touched[p.term_book])
         inst, pair, book_of = p.inst[hs], p.pair[hs], p.hold_book[hs]
         pts, rts = self.px_ts[inst], rate_ts[pair]
         mv = p.qty[hs] * self.px[inst] * p.mult[hs] * rate[pair]
         input_ts = np.where(rts > 0, np.minimum(pts, rts), pts)
-        cs = np.flatnonzero(touched[p.cash_book])
         cash_book = p.cash_book[cs]
         nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + \
             np.bincount(book_of, mv, minlength=n)
@@ -308,17 +311,15 @@ class Exposures:
         np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
         oldest = np.full(n, _NO_TS, dtype=np.int64)
         np.minimum.at(oldest, book_of, input_ts)
-        cols = np.flatnonzero(touched[p.col_book])
         col_book = p.col_book[cols]
         with np.errstate(divide="ignore", invalid="ignore"):  # NAV <= 0 or unknown: not judged
             risky = p.risk[cols]
-            part = np.zeros(len(hs))
+            part = np.zeros(len(mv))
             if risky.any():
                 part, variance, factor_part, specific = self._risk(p, hs, book_of, mv / nav[book_of], n)
             # every term of the touched books: its holding's MV, |MV|, long or short part, or risk part
             by_holding = np.zeros((2, len(p.hold_book)))
             by_holding[0, hs], by_holding[1, hs] = mv, part
-            ts_ = np.flatnonzero(touched[p.term_book])
             kind = p.term_kind[ts_]
             x = by_holding[(kind == RISK).astype(np.int64), p.term_hold[ts_]]
             x = np.where(kind == GROSS, np.abs(x), np.where(kind == LONG, np.maximum(x, 0.0),
@@ -358,7 +359,7 @@ class Exposures:
         return rows
 
     @staticmethod
-    def _risk(p: _Packed, hs: np.ndarray, book_of: np.ndarray, w: np.ndarray,
+    def _risk(p: _Packed, hs: np.ndarray | slice, book_of: np.ndarray, w: np.ndarray,
               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Euler risk decomposition of the touched books at once, from weights w per holding: each
         holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
@@ -366,7 +367,7 @@ class Exposures:
         load = p.load[hs]
         # x = B'w per book: the holdings come grouped by book, so one reduceat sums every factor
         exposure = np.zeros((n, load.shape[1]))
-        if len(hs):
+        if len(w):
             starts = np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))
             exposure[book_of[starts]] = np.add.reduceat(w[:, None] * load, starts, axis=0)
         covaried = np.full_like(exposure, np.nan)
