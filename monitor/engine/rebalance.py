@@ -116,8 +116,8 @@ def _unit_value(iid: str, policy: Policy, instruments: Mapping[str, Instrument],
     return px[0] * inst.multiplier * fx[0]
 
 
-def _value(limit: Limit, nav: float, mv: Mapping[str, float], instruments: Mapping[str, Instrument]) -> float:
-    value, why = measure(limit, Valuation(nav, dict(mv)), instruments)
+def _value(limit: Limit, valuation: Valuation, instruments: Mapping[str, Instrument]) -> float:
+    value, why = measure(limit, valuation, instruments)
     assert value is not None, why  # every metric with a rule is measurable on a valued book
     return value
 
@@ -132,13 +132,13 @@ def _scale(mv: Mapping[str, float], aim: float, actual: float, what: str) -> dic
     return {iid: (k - 1.0) * v for iid, v in mv.items()}
 
 
-def _deltas(limit: Limit, actual: float, aim: float, nav: float, mv: Mapping[str, float], policy: Policy,
+def _deltas(limit: Limit, actual: float, aim: float, hypothetical: Valuation, policy: Policy,
             instruments: Mapping[str, Instrument], prices: PriceBook) -> dict[str, float] | str:
     """Base-currency notional per instrument that moves `limit` from actual to aim, or why none can."""
     rb = policy.rebalance
-    assert rb is not None
-    need = (aim - actual) * nav
-    held = {iid: v for iid, v in mv.items() if v != 0}
+    assert rb is not None and hypothetical.nav is not None
+    need = (aim - actual) * hypothetical.nav
+    mv = hypothetical.mv
     metric = limit.metric
     if metric == "weight":
         iid = limit.instrument or ""
@@ -146,7 +146,7 @@ def _deltas(limit: Limit, actual: float, aim: float, nav: float, mv: Mapping[str
         return why if isinstance(why, str) else {iid: need}
     if metric in BUCKET_METRICS:
         dim, bucket = limit.dimension or "", limit.bucket
-        members = {i: v for i, v in held.items() if instruments[i].attribute(dim) == bucket}
+        members = {i: v for i in hypothetical.members(instruments, dim, bucket) if (v := mv[i]) != 0}
         if metric == "net_weight":
             hedge = rb.bucket_hedges.get(limit.limit_id)
             if hedge is not None:
@@ -165,6 +165,7 @@ def _deltas(limit: Limit, actual: float, aim: float, nav: float, mv: Mapping[str
         elif metric == "short_weight":
             members = {i: v for i, v in members.items() if v < 0}
         return _scale(members, aim, actual, f"{metric.removesuffix('_weight')} holdings in {dim} {bucket}")
+    held = {iid: v for iid, v in mv.items() if v != 0}
     if metric in ("gross_leverage", "net_leverage"):
         return _scale(held, aim, actual, "holdings")
     if metric == "exposure":
@@ -188,22 +189,26 @@ def _solve(policy: Policy, goals: Sequence[tuple[Limit, float]], nav: float, mv:
            instruments: Mapping[str, Instrument], prices: PriceBook, warnings: list[str]) -> dict[str, float]:
     """Hypothetical MVs with every goal met: limits in policy order, in passes until all hold."""
     mv = dict(mv)
+    hypothetical = Valuation(nav, mv)  # changed in place: its bucket groups last while no holding is added
     stuck: set[str] = set()
     for _ in range(MAX_PASSES):
         for limit, aim in goals:
             if limit.limit_id in stuck:
                 continue
-            actual = _value(limit, nav, mv, instruments)
+            actual = _value(limit, hypothetical, instruments)
             if abs(actual - aim) <= TOL:
                 continue
-            deltas = _deltas(limit, actual, aim, nav, mv, policy, instruments, prices)
+            deltas = _deltas(limit, actual, aim, hypothetical, policy, instruments, prices)
             if isinstance(deltas, str):
                 warnings.append(f"{limit.limit_id}: {deltas}")
                 stuck.add(limit.limit_id)
                 continue
             for iid, v in deltas.items():
+                if iid not in mv:
+                    hypothetical.regroup()
                 mv[iid] = mv.get(iid, 0.0) + v
-        if all(lim.limit_id in stuck or abs(_value(lim, nav, mv, instruments) - aim) <= TOL for lim, aim in goals):
+        if all(lim.limit_id in stuck or abs(_value(lim, hypothetical, instruments) - aim) <= TOL
+               for lim, aim in goals):
             break
     return mv  # unconverged limits show in the after-estimates (and their warnings) if it matters
 

@@ -49,22 +49,32 @@ class Valuation:
     # Per holding, the event ts of the oldest input its MV rests on (its price or its FX rate).
     input_ts: Mapping[str, Micros] = field(default_factory=dict)
     oldest_ts: Micros | None = None  # min of input_ts (None: no holdings), kept so no pass is needed
-    _groups: dict[str, dict[str | None, list[float]]] = field(default_factory=dict, compare=False, repr=False)
+    _groups: dict[str, dict[str | None, list[str]]] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.unavailable is None
 
-    def in_bucket(self, instruments: Mapping[str, Instrument], dimension: str, bucket: str | None) -> list[float]:
-        """MVs of the holdings in a bucket. Holdings are grouped once per dimension and
-        valuation, so a policy with many bucket limits scans its book once per dimension."""
+    def members(self, instruments: Mapping[str, Instrument], dimension: str, bucket: str | None) -> list[str]:
+        """Ids of the holdings in a bucket, in holding order. Holdings are grouped once per
+        dimension and valuation, so a policy with many bucket limits scans its book once per
+        dimension, and a solver that changes MVs (not which instruments are held) keeps the groups."""
         groups = self._groups.get(dimension)
         if groups is None:
             groups = {}
-            for iid, value in self.mv.items():
-                groups.setdefault(instruments[iid].attribute(dimension), []).append(value)
+            for iid in self.mv:
+                groups.setdefault(instruments[iid].attribute(dimension), []).append(iid)
             self._groups[dimension] = groups
         return groups.get(bucket, [])
+
+    def in_bucket(self, instruments: Mapping[str, Instrument], dimension: str, bucket: str | None) -> list[float]:
+        """MVs of the holdings in a bucket, in holding order."""
+        mv = self.mv
+        return [mv[iid] for iid in self.members(instruments, dimension, bucket)]
+
+    def regroup(self) -> None:
+        """The set of holdings changed: group them again when next asked."""
+        self._groups.clear()
 
 
 def value_book(book: Book, base: str, instruments: Mapping[str, Instrument], prices: PriceBook) -> Valuation:
