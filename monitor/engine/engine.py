@@ -93,6 +93,16 @@ class Watch:
         self.settle()
         return self.states
 
+    def open_alerts(self, limits: tuple[Limit, ...]) -> dict[str, LimitState]:
+        """The states of the limits with an open alert, by limit id. An open alert is never quiet,
+        so only the loud limits are looked at (all, while those are not known)."""
+        states, out = self.states, {}
+        for k in self.loud if self.loud is not None else range(len(limits)):
+            state = states.get(limits[k].limit_id)
+            if state is not None and state.alert_id is not None:
+                out[limits[k].limit_id] = state
+        return out
+
     def settle(self) -> None:
         """Write the quiet note into the states."""
         if self.quiet is not None:
@@ -407,12 +417,13 @@ class Engine:
             (loud.discard if _quiet(states.get(limits[k].limit_id)) else loud.add)(k)
         if policy.rebalance is not None and judging and valuation.ok and nav > 0:
             out += self._rebalance(policy, book, valuation, watch, ts, triggered)
-        open_limits = sum(1 for k in loud if (s := states.get(limits[k].limit_id)) and s.alert_id)  # quiet: none
+        open_alerts = len(watch.open_alerts(limits)) + (watch.stale.alert_id is not None) + \
+            (watch.nav.alert_id is not None)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
             largest_drift=worst[2] if worst else None,
             band_usage=worst[0] if worst else None,
-            open_alerts=open_limits + (watch.stale.alert_id is not None) + (watch.nav.alert_id is not None),
+            open_alerts=open_alerts,
             unavailable=valuation.unavailable,
             oldest_input_ts=valuation.oldest_ts,
         )
@@ -498,8 +509,10 @@ class Engine:
                 ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
         if not (triggered or due or ledger.live):
             return out  # nearly every evaluation: nothing to settle or propose
-        open_states = {lid: st for lid, st in watch.states.items() if st.alert_id is not None}
+        open_states = watch.open_alerts(policy.limits)
         ledger.settle(set(open_states))
+        if not (triggered or due):
+            return out
         all_ids = [lim.limit_id for lim in policy.limits]
         if triggered and rb.mode == "global":
             trigger, mode, ids = "alert", "global", all_ids
@@ -507,10 +520,8 @@ class Engine:
             trigger, mode = "alert", "targeted"
             ids = [lid for lid in all_ids if lid in open_states
                    and SEVERITY_RANK[open_states[lid].severity or "BREACH"] >= SEVERITY_RANK[rb.min_severity]]
-        elif due:
-            trigger, mode, ids = "schedule", "global", all_ids
         else:
-            return out
+            trigger, mode, ids = "schedule", "global", all_ids
         model = self._risk_model(policy)
         proposal = propose(policy, ids, mode == "global", book, valuation, self.instruments, self.prices,
                            watch.peak_nav, None if isinstance(model, str) else model)
