@@ -393,6 +393,16 @@ def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
     return lines + [""]
 
 
+def _code_version() -> str:
+    """The commit the bench ran (with -dirty for uncommitted changes), so a figure names its code."""
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return out.stdout.strip()
+
+
 def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
     raw, naive, monitor = drains
     latencies, in_worker = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -401,7 +411,7 @@ def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], k
         f"instruments, {preload[0]:,} prices, {preload[1]:,} fills",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
-        f"Python {platform.python_version()}; Kafka {kafka} (single-node KRaft, loopback).  ",
+        f"Python {platform.python_version()}; Kafka {kafka} (single-node KRaft, loopback); code {_code_version()}.  ",
         f"Command: `monitor bench {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in args.items())}`  ",
         f"Preload: {preload[0] + preload[1]:,} messages in {preload[2]:.1f} s.",
         "",

@@ -31,6 +31,7 @@ def test_bench_measures_all_three_consumers_and_latency(kafka_bootstrap, tmp_pat
     for events, seconds, rate, cpu, rss in rows.values():
         assert events > 0 and seconds > 0 and rate > 0 and cpu > 0 and rss > 0
     assert re.search(r"monitor / raw = [\d.]+ .*monitor / naive Faust = [\d.]+", report)
+    assert re.search(r"; code [0-9a-f]{7,}(-dirty)?\.  ", report), report  # the commit the figures are of
     assert re.search(r"\(\d[\d,]* alerts\): p50 [\d.]+ ms, p99 [\d.]+ ms, p99.9 [\d.]+ ms", report), report
     assert re.search(r"to its first evaluation, 20,000 prices waiting: [\d.]+ s", report), report
     assert re.search(r"the worker read [\d,]+ prices \([\d,]+/s over the feed.s 8 s\) and evaluated [\d,]+ times "
