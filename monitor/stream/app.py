@@ -476,13 +476,18 @@ class Worker:
         await self.dlq_topic.send(key=key, value=record, force=True)
 
     async def _publish_book_metrics(self) -> None:
-        """Once a second: book gauges, and the peak NAVs that moved (drawdown survives a restart)."""
+        """Once a second: book gauges, and the peak NAVs that moved (drawdown survives a restart).
+
+        In a rising market every book's peak moves: a watch costs ~0.2 ms to write out and Faust's
+        JSON ~0.1 ms more, so the loop yields after each, letting prices be evaluated in between
+        instead of behind a stall of every book at once."""
         for pid, status in list(self.engine.status.items()):
             metrics.publish_book(pid, status)
         metrics.HELD_FILLS.set(self.engine.held_fills())
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted_peaks.get(pid) != watch.peak_nav:
                 await self._persist_watch(pid)
+                await asyncio.sleep(0)
 
 
 def run(settings: Settings) -> None:
