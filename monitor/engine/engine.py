@@ -509,10 +509,11 @@ class Engine:
                 ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
         if not (triggered or due or ledger.live):
             return out  # nearly every evaluation: nothing to settle or propose
-        open_states = watch.open_alerts(policy.limits)
-        ledger.settle(set(open_states))
+        if ledger.awaiting():
+            ledger.settle(set(watch.open_alerts(policy.limits)))
         if not (triggered or due):
             return out
+        open_states = watch.open_alerts(policy.limits)
         all_ids = [lim.limit_id for lim in policy.limits]
         if triggered and rb.mode == "global":
             trigger, mode, ids = "alert", "global", all_ids

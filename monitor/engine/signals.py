@@ -23,6 +23,7 @@ from monitor.engine.rebalance import Proposal
 PENDING, AUTO_APPROVED, APPROVED = "PENDING_APPROVAL", "AUTO_APPROVED", "APPROVED"
 REJECTED, EXPIRED, SUPERSEDED, WITHHELD = "REJECTED", "EXPIRED", "SUPERSEDED", "WITHHELD"
 LIVE = frozenset({PENDING, AUTO_APPROVED, APPROVED})  # may still be traded, or decided
+NEVER: Micros = 2**62
 DECIDED_KEPT = 500  # ids of ended signals remembered per book, to tell "decided" from "unknown"
 
 
@@ -88,6 +89,9 @@ class SignalLedger:
     live: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> {body, state, limit_ids, expires}
     ended: dict[str, str] = field(default_factory=dict)  # id -> final state, the newest DECIDED_KEPT
     next_check: Micros | None = None  # event time of the next scheduled global check
+    # No pending signal expires before this (a lower bound; None: not known): `expire` is asked at
+    # every evaluation of the book, and late in a day without approvers a signal is nearly always pending.
+    _soonest: Micros | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"live": self.live, "ended": self.ended, "next_check": self.next_check}
@@ -116,6 +120,8 @@ class SignalLedger:
         expires = ts + rebalance.approval.ttl if why and rebalance.approval else None
         body["expires_ts"] = format_ts(expires) if expires is not None else None
         self.live[body["signal_id"]] = {"body": body, "state": state, "limit_ids": limit_ids, "expires": expires}
+        if expires is not None and self._soonest is not None:
+            self._soonest = min(self._soonest, expires)
         return out + [SignalEvent(body, state, ts, why)]
 
     def decide(self, decision: Decision) -> SignalEvent:
@@ -140,11 +146,18 @@ class SignalLedger:
 
     def expire(self, now: Micros) -> list[SignalEvent]:
         """Pending signals whose TTL has passed by event time `now` (each at its expiry time)."""
-        if not self.live:
-            return []  # nearly always, and asked at every evaluation of the book
-        due = sorted((entry["expires"], sid) for sid, entry in self.live.items()
-                     if entry["state"] == PENDING and entry["expires"] is not None and entry["expires"] <= now)
-        return [self._move(sid, EXPIRED, at, "no decision within the TTL") for at, sid in due]
+        if not self.live or (self._soonest is not None and now < self._soonest):
+            return []  # nearly always
+        expiring = [(entry["expires"], sid) for sid, entry in self.live.items()
+                    if entry["state"] == PENDING and entry["expires"] is not None]
+        out = [self._move(sid, EXPIRED, at, "no decision within the TTL") for at, sid in sorted(expiring)
+               if at <= now]
+        self._soonest = min((at for at, _ in expiring if at > now), default=NEVER)
+        return out
+
+    def awaiting(self) -> bool:
+        """Whether an approved signal is live: it ends once its limits have no open alert (`settle`)."""
+        return any(entry["state"] != PENDING for entry in self.live.values())
 
     def settle(self, open_limits: set[str]) -> None:
         """Approved signals whose limits have no open alert left are done: forget them quietly."""

@@ -14,7 +14,8 @@ import pytest
 from monitor.contract import validate
 from monitor.engine import AlertEvent, Engine, Fill, Instrument, Price, Rejected, Snapshot, parse_policy, parse_ts
 from monitor.engine.engine import Watch
-from monitor.engine.signals import Decision, SignalEvent
+from monitor.engine.rebalance import Proposal, Trade
+from monitor.engine.signals import Decision, SignalEvent, SignalLedger
 
 T0 = parse_ts("2026-11-24T14:00:00Z")
 SEC = 1_000_000
@@ -152,6 +153,26 @@ def test_an_undecided_signal_expires_at_its_ttl_in_event_time():
     with pytest.raises(Rejected) as late:
         engine.on_decision(decide(pending.signal_id, at=T0 + 46 * SEC))
     assert late.value.code == "signal_decided" and "EXPIRED" in late.value.reason
+
+
+def test_a_signal_with_a_shorter_ttl_proposed_later_still_expires_on_time():
+    """The ledger remembers when its next expiry can be at the soonest; a newer pending signal that
+    expires before the older one must move that bound, or it would be missed."""
+    ledger = SignalLedger()
+    proposal = Proposal((Trade("AAA", "BUY", 10.0, 100.0, 1_000.0, 1.0, 10.0, None, 0.0, None),), (), 1_000.0,
+                        1.0, 10.0, None, (), None)
+
+    def body(signal_id: str, limit_id: str) -> dict[str, Any]:
+        return {"signal_id": signal_id, "limits": [{"limit_id": limit_id}], "base_currency": "USD"}
+
+    slow, fast = (book_policy({"approval": {"notional_above": 0, "ttl_seconds": ttl}}).rebalance for ttl in (60, 5))
+    [first] = ledger.propose(body("S1", "w_aaa"), proposal, ["BREACH"], slow, T0)
+    assert first.state == "PENDING_APPROVAL" and ledger.expire(T0 + SEC) == []
+    ledger.propose(body("S2", "w_bbb"), proposal, ["BREACH"], fast, T0 + 2 * SEC)
+    [expired] = ledger.expire(T0 + 8 * SEC)
+    assert (expired.signal_id, expired.state, expired.event_ts) == ("S2", "EXPIRED", T0 + 7 * SEC)
+    assert ledger.expire(T0 + 59 * SEC) == []
+    assert [e.signal_id for e in ledger.expire(T0 + 61 * SEC)] == ["S1"]
 
 
 def test_an_approval_after_the_ttl_is_refused_even_before_the_expiry_is_seen():
