@@ -394,13 +394,16 @@ def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
 
 
 def _code_version() -> str:
-    """The commit the bench ran (with -dirty for uncommitted changes), so a figure names its code."""
+    """The commit the bench ran, with -dirty if the code (monitor/) had uncommitted changes; a
+    results file changed by an earlier run does not count."""
+    root = Path(__file__).resolve().parents[1]
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=10, check=True)
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "monitor"], cwd=root, timeout=10).returncode
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
-    return out.stdout.strip()
+    return head + ("-dirty" if changed else "")
 
 
 def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
