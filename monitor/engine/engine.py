@@ -136,6 +136,9 @@ class Engine:
         self.holders: dict[str, set[str]] = {}  # instrument_id -> ids of books that hold it
         self.clock: dict[str, Micros] = {}  # per-book event time: newest event applied to it
         self.market_clock: Micros = 0  # newest price ts seen
+        # Prices of an instrument without reference data: kept (a book is valued with it once the
+        # instrument arrives) and counted, not refused.
+        self.unreferenced_prices = 0
         self._next_sweep: Micros = 0
         self.status: dict[str, BookStatus] = {}
         # Positions and cash of books before the fills of the open window, to split drift into
@@ -166,9 +169,12 @@ class Engine:
         """A batch of prices: keep the latest per instrument, re-evaluate the books they touch."""
         out: list[Event] = []
         latest, clock, touch, set_price = self.prices, self.clock, self._touch, self.exposures.set_price
+        instruments = self.instruments
         for iid, price, ts in prices:
             if self._window_end is None or ts >= self._window_end:  # else _advance has nothing to do
                 out += self._advance(ts)
+            if iid not in instruments:
+                self.unreferenced_prices += 1
             current = latest.get(iid)
             if current is not None and current[1] > ts:
                 continue  # an older price than the one we hold: latest value wins

@@ -37,6 +37,8 @@ BOOK_BAND_USAGE = Gauge("monitor_book_band_usage", "Largest |drift| / band half-
 ALERTS_OPEN = Gauge("monitor_alerts_open", "Alerts currently open", ["portfolio_id"])
 GATE_HELD = Gauge("monitor_gate_held_events",
                   "Prices and book events read but waiting for the other stream to reach their event time")
+UNREFERENCED_PRICES = Counter("monitor_unreferenced_prices",
+                              "Prices of instruments without reference data (kept, used once it arrives)")
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
 
 

@@ -158,6 +158,7 @@ class Worker:
         for table in (self.book_table, self.policy_table, self.watch_table, self.inbox_table):
             table.on_recover(self._restore)
         self._persisted_peaks: dict[str, float | None] = {}
+        self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
 
         self.gate: Gate[Price | StagedBookEvent] = Gate()
         self._lock = asyncio.Lock()
@@ -484,6 +485,8 @@ class Worker:
         for pid, status in list(self.engine.status.items()):
             metrics.publish_book(pid, status)
         metrics.HELD_FILLS.set(self.engine.held_fills())
+        metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
+        self._published_unreferenced = self.engine.unreferenced_prices
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted_peaks.get(pid) != watch.peak_nav:
                 await self._persist_watch(pid)

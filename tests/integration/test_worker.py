@@ -153,7 +153,9 @@ BAD_MESSAGES = [
 
 def test_bad_input_on_every_topic_goes_to_the_dlq_and_the_worker_goes_on(worker, settings):
     # Bad messages first (the unknown-book fill before any book exists), then a valid scenario.
-    produce(settings, [(topic, key, raw) for topic, key, raw, _, _ in BAD_MESSAGES])
+    # With them, a valid price of an instrument nobody has described: kept and counted, not refused.
+    produce(settings, [(topic, key, raw) for topic, key, raw, _, _ in BAD_MESSAGES]
+            + [("prices", "ZZZ", price("ZZZ", 5.0))])
     dlq = consume(settings, "monitor-dlq", lambda r: len(r) >= len(BAD_MESSAGES))
     assert len(dlq) == len(BAD_MESSAGES)
     by_original = {base64.b64decode(d["original_base64"]): d for d in dlq}
@@ -174,3 +176,8 @@ def test_bad_input_on_every_topic_goes_to_the_dlq_and_the_worker_goes_on(worker,
     m = worker.metrics()
     assert sum(v for (name, _), v in m.items() if name == "monitor_dlq_messages_total") == len(BAD_MESSAGES)
     assert sample(m, "monitor_dlq_messages_total", topic="fills", reason="unknown_book") == 1
+    deadline = time.monotonic() + 10  # the counter is published once a second
+    while sample(m, "monitor_unreferenced_prices_total") < 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = worker.metrics()
+    assert sample(m, "monitor_unreferenced_prices_total") == 1

@@ -212,6 +212,19 @@ def test_fill_for_unknown_instrument_is_held_then_applied():
     assert e.books["B1"].positions["C"] == 10
 
 
+def test_a_price_for_an_unknown_instrument_is_kept_counted_and_used_when_the_instrument_arrives():
+    e = two_asset_engine()
+    assert e.on_prices([Price("C", 20.0, T0 + SEC), Price("C", 19.0, T0 + 2 * SEC)]) == []
+    assert e.unreferenced_prices == 2 and e.prices["C"] == (19.0, T0 + 2 * SEC)
+    e.on_fill(fill("F1", "C", "BUY", 10, 19.0, ts=T0 + 3 * SEC))  # held: no reference data yet
+    e.on_instrument(inst("C"))
+    # The fill applies; C is valued at the price kept before its instrument existed:
+    # A 600 + B 400 + C 190 - cash 190 = NAV 1000, and a price of A now counts nothing.
+    assert e.status["B1"].nav == pytest.approx(1000.0) and e.books["B1"].positions["C"] == 10
+    e.on_prices([Price("A", 10.0, T0 + 4 * SEC)])
+    assert e.unreferenced_prices == 2
+
+
 def test_alert_ids_are_deterministic():
     ids = []
     for _ in range(2):
