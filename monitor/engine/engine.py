@@ -109,6 +109,11 @@ class Watch:
             self.quiet.write(self.states, range(len(self.quiet.limits)))
             self.quiet = None
 
+    def new_policy(self) -> None:
+        """The book's policy changed: the note and `loud` index the old policy's limits."""
+        self.settle()
+        self.loud = None
+
     def to_dict(self) -> dict[str, Any]:
         return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
                 "nav": self.nav.to_dict(), "peak_nav": self.peak_nav, "clock": self.clock,
@@ -225,8 +230,7 @@ class Engine:
         self.policies[pid] = policy
         self.exposures.drop(pid)  # its columns follow the limits
         watch = self.watches.setdefault(pid, Watch())
-        watch.settle()
-        watch.loud = None  # indexes of the old policy's limits
+        watch.new_policy()
         kept = {lim.limit_id for lim in policy.limits}
         out: list[Event] = []
         old_limits = {lim.limit_id: lim for lim in previous.limits} if previous else {}
@@ -269,8 +273,7 @@ class Engine:
         if policy is not None:
             self.policies[pid] = policy
             if pid in self.watches:
-                self.watches[pid].settle()
-                self.watches[pid].loud = None  # indexes of the limits of the policy it had
+                self.watches[pid].new_policy()
         if watch is not None:
             self.watches[pid] = watch
             self.clock[pid] = max(self.clock.get(pid, 0), watch.clock)
@@ -513,12 +516,10 @@ class Engine:
             due = ledger.next_check is not None and ts >= ledger.next_check
             if ledger.next_check is None or due:
                 ledger.next_check = (ts // rb.schedule + 1) * rb.schedule
-        if not (triggered or due or ledger.live):
-            return out  # nearly every evaluation: nothing to settle or propose
         if ledger.awaiting():
             ledger.settle(set(watch.open_alerts(policy.limits)))
         if not (triggered or due):
-            return out
+            return out  # nearly every evaluation: nothing to propose
         open_states = watch.open_alerts(policy.limits)
         all_ids = [lim.limit_id for lim in policy.limits]
         if triggered and rb.mode == "global":

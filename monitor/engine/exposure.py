@@ -99,6 +99,15 @@ class _Block:
         return len(self.target)
 
 
+def _quantities(book: Book) -> tuple[tuple[str, ...], np.ndarray, list[str], np.ndarray]:
+    """What a fill or a snapshot changes in a block: the instruments held (sorted) and their
+    quantities, the cash currencies (sorted) and their amounts."""
+    iids = tuple(sorted(book.positions))
+    cash = sorted(book.cash.items())
+    return (iids, np.array([book.positions[iid] for iid in iids], dtype=np.float64), [ccy for ccy, _ in cash],
+            np.array([amount for _, amount in cash], dtype=np.float64))
+
+
 def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, float, int]]:
     """(holding, coefficient, kind) of what a linear limit sums, before dividing by NAV."""
     kind, metric = _KIND[limit.metric], limit.metric
@@ -257,13 +266,10 @@ class Exposures:
         """A moved book: its new quantities and cash into its block, and into the packed arrays."""
         self._moved.discard(book.portfolio_id)
         block = self._blocks[book.portfolio_id]
-        iids = tuple(sorted(book.positions))
-        cash = sorted(book.cash.items())
-        if iids != block.iids or [self._pair(ccy, base) for ccy, _ in cash] != block.cash_pair.tolist():
+        iids, qty, currencies, amt = _quantities(book)
+        if iids != block.iids or [self._pair(ccy, base) for ccy in currencies] != block.cash_pair.tolist():
             self.drop(book.portfolio_id)
             return
-        qty = np.array([book.positions[iid] for iid in iids], dtype=np.float64)
-        amt = np.array([a for _, a in cash], dtype=np.float64)
         self._blocks[book.portfolio_id] = replace(block, qty=qty, cash_amt=amt)
         p = self._packed
         if p is not None:
@@ -407,7 +413,7 @@ class Exposures:
                prices: PriceBook) -> _Block | None:
         if any(iid not in instruments for iid in book.positions):
             return None
-        iids = tuple(sorted(book.positions))
+        iids, qty, currencies, amt = _quantities(book)
         held = [instruments[iid] for iid in iids]
         base = policy.base_currency
         columns: list[int | None] = []
@@ -423,7 +429,6 @@ class Exposures:
         model_factors = model.factors if model is not None else ()
         load_factors = [self.factors.setdefault(f, len(self.factors)) for f in model_factors]
         risky = [lim.metric in RISK_METRICS for lim in measured]
-        cash = sorted(book.cash.items())
 
         def ints(values: Sequence[int]) -> np.ndarray:
             return np.array(values, dtype=np.int64)
@@ -432,12 +437,13 @@ class Exposures:
             return np.array(values, dtype=np.float64)
 
         return _Block(
-            iids, ints([self._column(iid, prices) for iid in iids]), floats([book.positions[iid] for iid in iids]),
+            iids, ints([self._column(iid, prices) for iid in iids]), qty,
             floats([inst.multiplier for inst in held]), ints([self._pair(inst.currency, base) for inst in held]),
-            ints([self._pair(ccy, base) for ccy, _ in cash]), floats([a for _, a in cash]),
+            ints([self._pair(ccy, base) for ccy in currencies]), amt,
             tuple(columns), tuple(k for k, c in enumerate(columns) if c is not None),
-            frozenset(k for k, c in enumerate(columns) if c is None), floats([lim.target for lim in measured]), floats([lim.band.below for lim in measured]),
-            floats([lim.band.above for lim in measured]), np.array(risky, dtype=bool),
+            frozenset(k for k, c in enumerate(columns) if c is None), floats([lim.target for lim in measured]),
+            floats([lim.band.below for lim in measured]), floats([lim.band.above for lim in measured]),
+            np.array(risky, dtype=bool),
             ints([self.factors[lim.bucket or ""] if r and lim.dimension == "factor" and lim.bucket in model_factors
                   else -1 for lim, r in zip(measured, risky)]),
             np.array([r and lim.dimension == "specific" for lim, r in zip(measured, risky)], dtype=bool),
