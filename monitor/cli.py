@@ -54,7 +54,7 @@ def main() -> None:
 def worker(**flags: object) -> None:
     """Consume prices, fills, snapshots and policies; emit drift alerts; serve /metrics."""
     from monitor.ops.logging import configure
-    from monitor.stream.app import run
+    from monitor.stream.worker import run
 
     settings = _settings(**flags)
     configure(settings.log_format, settings.log_level)

@@ -2,9 +2,14 @@
 
 The book keeps the fills applied since its snapshot so that a later snapshot can
 replace positions and cash as of its `as_of` and the fills after it still apply.
-A fill is applied once by `fill_id`, whatever the re-deliveries. A fill whose
-instrument has no reference data yet is held in the book (and so persisted with it)
-until the instrument arrives.
+A fill is applied once by `fill_id`, whatever the re-deliveries: the fills since the
+snapshot are the de-duplication horizon, since a fill at or before the snapshot's
+`as_of` is in the books of record and never applied. So what a book remembers grows
+with its fills since the snapshot, not with its history. A fill whose instrument has
+no reference data yet is held in the book until the instrument arrives.
+
+`forget()` says which fills no longer matter (a snapshot took them in, or they came
+older than it): the shell keeps a record per fill and drops exactly those.
 """
 
 from __future__ import annotations
@@ -29,19 +34,38 @@ class Book:
     as_of: Micros | None = None
     snapshot_positions: dict[str, float] = field(default_factory=dict)
     snapshot_cash: dict[str, float] = field(default_factory=dict)
-    fills: dict[str, Fill] = field(default_factory=dict)
-    seen_fill_ids: set[str] = field(default_factory=set)
+    fills: dict[str, Fill] = field(default_factory=dict)  # fill_id -> fill since the snapshot, as applied
     positions: dict[str, float] = field(default_factory=dict)
     cash: dict[str, float] = field(default_factory=dict)
     last_fill_id: str | None = None
     held: dict[str, Fill] = field(default_factory=dict)  # fill_id -> fill awaiting reference data
+    # Fills that no longer matter since `forget` was last asked (taken in by a snapshot).
+    _forgotten: list[str] = field(default_factory=list, repr=False, compare=False)
+
+    def seen(self, fill: Fill) -> bool:
+        """Whether the fill is applied or held already (a re-delivery)."""
+        return fill.fill_id in self.fills or fill.fill_id in self.held
 
     def hold(self, fill: Fill) -> bool:
-        """Keep a fill whose instrument is not known yet. False if seen before."""
-        if fill.fill_id in self.seen_fill_ids or fill.fill_id in self.held:
+        """Keep a fill whose instrument is not known yet. False if seen before or in the snapshot."""
+        if self.seen(fill):
+            return False
+        if self._in_snapshot(fill):
             return False
         self.held[fill.fill_id] = fill
         return True
+
+    def forget(self) -> list[str]:
+        """The ids of the fills that stopped mattering since the last call (oldest first)."""
+        out, self._forgotten = self._forgotten, []
+        return out
+
+    def _in_snapshot(self, fill: Fill) -> bool:
+        """A fill at or before the snapshot's as_of is in the books of record: it never applies."""
+        if self.as_of is not None and fill.ts <= self.as_of:
+            self._forgotten.append(fill.fill_id)
+            return True
+        return False
 
     def release(self, instrument: Instrument) -> list[Fill]:
         """Apply the held fills of an instrument that just became known; the ones applied."""
@@ -53,11 +77,8 @@ class Book:
 
     def apply_fill(self, fill: Fill, instrument: Instrument) -> bool:
         """Apply a fill once. False if it was seen before or is already in the snapshot."""
-        if fill.fill_id in self.seen_fill_ids:
+        if fill.fill_id in self.fills or self._in_snapshot(fill):
             return False
-        self.seen_fill_ids.add(fill.fill_id)
-        if self.as_of is not None and fill.ts <= self.as_of:
-            return False  # the books of record already include it
         self.fills[fill.fill_id] = fill
         self._move(fill, instrument)
         self.last_fill_id = fill.fill_id
@@ -73,10 +94,11 @@ class Book:
         self.as_of = snapshot.as_of
         self.snapshot_positions = dict(snapshot.positions)
         self.snapshot_cash = dict(snapshot.cash)
+        self._forgotten += [fid for fid, f in self.fills.items() if f.ts <= snapshot.as_of]
         self.fills = {fid: f for fid, f in self.fills.items() if f.ts > snapshot.as_of}
         for fid in [fid for fid, f in self.held.items() if f.ts <= snapshot.as_of]:
             del self.held[fid]  # the books of record include it
-            self.seen_fill_ids.add(fid)
+            self._forgotten.append(fid)
         self.positions = {iid: q for iid, q in self.snapshot_positions.items() if q != 0}
         self.cash = dict(self.snapshot_cash)
         for fill in sorted(self.fills.values(), key=lambda f: (f.ts, f.fill_id)):
@@ -101,7 +123,6 @@ class Book:
             "snapshot_positions": self.snapshot_positions,
             "snapshot_cash": self.snapshot_cash,
             "fills": [f.to_dict() for f in self.fills.values()],
-            "seen_fill_ids": sorted(self.seen_fill_ids),
             "positions": self.positions,
             "cash": self.cash,
             "last_fill_id": self.last_fill_id,
@@ -117,7 +138,6 @@ class Book:
             snapshot_positions=dict(d["snapshot_positions"]),
             snapshot_cash=dict(d["snapshot_cash"]),
             fills={f.fill_id: f for f in fills},
-            seen_fill_ids=set(d["seen_fill_ids"]),
             positions=dict(d["positions"]),
             cash=dict(d["cash"]),
             last_fill_id=d["last_fill_id"],

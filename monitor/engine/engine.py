@@ -46,6 +46,15 @@ class BookStatus(NamedTuple):
     oldest_input_ts: Micros | None = None  # event ts of the oldest price the valuation rests on
 
 
+class BookChange(NamedTuple):
+    """What of a book's inputs stopped mattering, for the shell that keeps a record per input:
+    the snapshot in force (older ones are superseded) and the fills it took in."""
+
+    portfolio_id: str
+    as_of: Micros | None  # the snapshot in force
+    forgotten_fills: tuple[str, ...]
+
+
 class Quiet(NamedTuple):
     """One evaluation's note on the limits it found inside their band with nothing open or pending:
     each was inside at `ts`, measuring its column's actual (what `LimitState.attribute` records).
@@ -151,6 +160,7 @@ class Engine:
         self._before_fills: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
         # Every book's holdings and linear limits as arrays, valued together per window.
         self.exposures = Exposures()
+        self._changed: set[str] = set()  # books whose inputs changed since `changes()`
 
     # -- inputs ------------------------------------------------------------------
 
@@ -197,6 +207,7 @@ class Engine:
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
         out = self._advance(fill.ts)
         book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
+        self._changed.add(fill.portfolio_id)
         instrument = self.instruments.get(fill.instrument_id)
         if instrument is None:
             book.hold(fill)
@@ -215,6 +226,7 @@ class Engine:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
         out = self._advance(snapshot.as_of)
+        self._changed.add(snapshot.portfolio_id)
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
         self.exposures.moved(snapshot.portfolio_id)
@@ -264,6 +276,21 @@ class Engine:
                                              f"has no signals")
         return [watch.signals.decide(decision)]
 
+    def drop_books(self) -> None:
+        """Forget every book, policy and watch (the shell rebuilds them from its tables after a
+        rebalance); market data stays."""
+        self.books.clear()
+        self.policies.clear()
+        self.watches.clear()
+        self.status.clear()
+        self.clock.clear()
+        self.holders.clear()
+        self._dirty.clear()
+        self._warming.clear()
+        self._before_fills.clear()
+        self._changed.clear()
+        self.exposures.clear()
+
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
         self.exposures.drop(pid)
@@ -279,6 +306,12 @@ class Engine:
             self.clock[pid] = max(self.clock.get(pid, 0), watch.clock)
             # Judged again only once the market, re-read from its topics, is back at that time.
             self._warming[pid] = self.clock[pid]
+
+    def changes(self) -> list[BookChange]:
+        """The books whose snapshot or fills changed since the last call, and what they let go."""
+        changed, self._changed = self._changed, set()
+        return [BookChange(pid, book.as_of, tuple(book.forget()))
+                for pid in sorted(changed) if (book := self.books.get(pid)) is not None]
 
     def known_book(self, portfolio_id: str) -> bool:
         return portfolio_id in self.books or portfolio_id in self.policies
@@ -326,9 +359,10 @@ class Engine:
 
     def _touch(self, portfolio_id: str, ts: Micros) -> None:
         if self._warming and portfolio_id in self._warming:
-            if self.market_clock < self._warming[portfolio_id]:
-                return  # restored, and the prices re-read so far are older than its state
-            del self._warming[portfolio_id]
+            restored = self._warming[portfolio_id]
+            if ts < restored or (ts == restored and self.market_clock < restored):
+                return  # restored, and what is re-read so far is older than its state
+            del self._warming[portfolio_id]  # a new event: every input before it has been re-read
         if self._dirty.get(portfolio_id, -1) < ts:
             self._dirty[portfolio_id] = ts
 

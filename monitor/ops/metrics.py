@@ -40,6 +40,14 @@ GATE_HELD = Gauge("monitor_gate_held_events",
 UNREFERENCED_PRICES = Counter("monitor_unreferenced_prices",
                               "Prices of instruments without reference data (kept, used once it arrives)")
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
+GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
+                        "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "
+                        "growing while monitor_gate_held_events stays up is a stall")
+DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
+RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
+                     "(start, rebalance, failover)")
+LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "
+                        "(seen only until the exit; process_start_time_seconds shows the restart)", ["loop"])
 
 
 def publish_book(portfolio_id: str, status: BookStatus) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from monitor.ops.config import ALL_TOPICS, COMPACTED_TOPICS, Settings
+from monitor.ops.config import ALL_TOPICS, COMPACTED_TOPICS, OUTPUT_TOPICS, Settings
+from monitor.stream.tables import MAX_RECORD_BYTES
 
 
 async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPICS) -> None:
@@ -24,7 +25,7 @@ async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPIC
                 name=settings.topic(t),
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if t in COMPACTED_TOPICS else {},
+                topic_configs=_config(t),
             )
             for t in logical
             if settings.topic(t) not in existing
@@ -37,3 +38,11 @@ async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPIC
                 raise for_code(code)(f"creating topic {name}: {rest[0] if rest else ''}")
     finally:
         await admin.close()
+
+
+def _config(logical: str) -> dict[str, str]:
+    """Compacted where the contract says so; outputs take the records the worker can write."""
+    config = {"cleanup.policy": "compact"} if logical in COMPACTED_TOPICS else {}
+    if logical in OUTPUT_TOPICS:
+        config["max.message.bytes"] = str(MAX_RECORD_BYTES)
+    return config

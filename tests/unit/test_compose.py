@@ -33,8 +33,8 @@ COUNTERS = {f"{c._name}_total" for c in _COLLECTORS if isinstance(c, Counter)}
 GAUGES = {c._name for c in _COLLECTORS if isinstance(c, Gauge)}
 HISTOGRAMS = {c._name for c in _COLLECTORS if isinstance(c, Histogram)}
 METRICS = COUNTERS | GAUGES | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
-ALLOWED_SERIES = METRICS | {"up"}
-KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "le", "job", "instance"}
+ALLOWED_SERIES = METRICS | {"up", "process_start_time_seconds"}  # the last from prometheus_client's process collector
+KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "loop", "le", "job", "instance"}
 
 
 # ---------------------------------------------------------------- helpers

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from monitor.stream.gate import AHEAD, Gate, laggards, market_mark
+from monitor.stream.watermark import AHEAD, Gate, laggards, market_mark
 
 
 def test_releases_below_the_watermark_in_event_time_order_ties_as_they_came():

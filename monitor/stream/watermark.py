@@ -1,4 +1,4 @@
-"""The event-time gate between the worker's two consumers.
+"""The event-time gate between the worker's two consumers, and the progress that moves it.
 
 Book events (a Faust agent) and prices (a broadcast consumer) arrive on separate
 consumers, each in event-time order per partition but in no order with respect to
@@ -10,12 +10,15 @@ to its end holds nothing back (`AHEAD`).
 
 Per partition, events must come in event-time order (each producer writes its own
 keys in order); that is the one assumption.
+
+`Gate`, `laggards` and `market_mark` are pure; `Progress` reads the consumers' positions and
+high watermarks and keeps, per partition, how far it has been read.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
+from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
 from monitor.engine.model import Micros
 
@@ -70,6 +73,10 @@ class Gate(Generic[T]):
             out = [out[i] for i in order]
         return out
 
+    def oldest(self) -> Micros | None:
+        """The least event time held, None when empty."""
+        return min((ts[start] for ts, _, start in self._runs), default=None)
+
     def drop(self, unwanted: Callable[[T], bool]) -> None:
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
         runs = self._runs
@@ -119,3 +126,79 @@ def market_mark(prices: Mapping[int, tuple[Micros, bool]], reference_read: bool)
             mark = min(mark, newest)
             unread.add(partition)
     return MarketMark(mark if reference_read else 0, progress, unread)
+
+
+class Progress:
+    """How far each input partition has been read, and so the watermark below which the gate may
+    release: the least of the book stream's mark (over this worker's book partitions) and the
+    market stream's (`market_mark`)."""
+
+    def __init__(self, book_topics: Iterable[str], prices_topic: str) -> None:
+        self._book_topics = set(book_topics)
+        self._prices_topic = prices_topic
+        self.book_read: dict[Any, tuple[int, Micros]] = {}  # book partition -> (last offset, newest ts) read
+        self.price_read: dict[int, Micros] = {}  # price partition -> newest price ts read
+        self.market = MarketMark(0, 0, set())
+        self.recovered = False  # the book tables are recovered: the book stream can be judged
+
+    def read_book(self, tp: Any, offset: int, ts: Micros | None) -> None:
+        newest = max(ts or 0, self.book_read.get(tp, (0, 0))[1])
+        self.book_read[tp] = (offset, newest)
+
+    def read_prices(self, partition: int, newest: Micros) -> None:
+        self.price_read[partition] = max(self.price_read.get(partition, 0), newest)
+
+    def book_mark(self, consumer: Any) -> Micros:
+        """The ts below which every book event of this worker's partitions has been read."""
+        if not self.recovered:
+            return 0
+        mark = AHEAD
+        for tp in consumer.assignment():
+            if tp.topic in self._book_topics and not self._book_caught_up(consumer, tp):
+                mark = min(mark, self.book_read.get(tp, (0, 0))[1])
+        return mark
+
+    def _book_caught_up(self, consumer: Any, tp: Any) -> bool:
+        """Whether every message of a book partition up to its highwater has been read."""
+        highwater = consumer.highwater(tp)
+        if highwater is None:
+            return False
+        if highwater == 0:
+            return True
+        read = self.book_read.get(tp)
+        if read is not None:
+            return read[0] + 1 >= highwater
+        # Nothing read in this run: Faust's read offset is the committed offset after its
+        # seek, until the first message is read (faust.transport.consumer.perform_seek).
+        committed = consumer._read_offset.get(tp)
+        return committed is not None and committed >= highwater
+
+    async def read_market(self, consumer: Any) -> None:
+        """The market stream's mark, from what its consumer has read."""
+        prices: dict[int, tuple[Micros, bool]] = {}
+        reference_read = True
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            read_to_end = highwater is not None and await consumer.position(tp) >= highwater
+            if tp.topic == self._prices_topic:
+                prices[tp.partition] = (self.price_read.get(tp.partition, 0), read_to_end)
+            else:
+                reference_read = reference_read and read_to_end
+        self.market = market_mark(prices, reference_read)
+
+    def price_partitions_to_read(self, consumer: Any, gate_full: bool, book_consumer: Any) -> bool:
+        """Resume every price partition while the gate has room. Once it is full, read only the
+        partitions that hold the watermark back (`laggards`), pausing the others; False when none
+        is to be read (the book stream is behind)."""
+        prices = [tp for tp in consumer.assignment() if tp.topic == self._prices_topic]
+        if not gate_full:
+            consumer.resume(*prices)
+            return True
+        read = laggards(self.price_read, self.market.unread, self.book_mark(book_consumer))
+        consumer.pause(*(tp for tp in prices if tp.partition not in read))
+        consumer.resume(*(tp for tp in prices if tp.partition in read))
+        return bool(read)
+
+    def forget_books(self) -> None:
+        """The book partitions were reassigned: what was read of them no longer says anything."""
+        self.book_read.clear()

@@ -1,0 +1,423 @@
+"""The Faust worker: app wiring and its two consumer loops. Decode, hand to the engine, emit.
+
+Two consumers, as the README lays out:
+
+* Book events (positions, fills, policies, approvals) are low-rate and must never be lost or
+  double-counted: a Faust agent consumes them (keyed by portfolio_id, so Faust spreads books
+  across workers). Each is recorded in a changelog-backed table before its offset can be
+  committed (tables.py), and a restarted or rebalanced worker rebuilds its books from them.
+* Market data (instruments, risk models, prices) is a broadcast: every worker reads every
+  partition with a plain aiokafka consumer in batches; nothing of it needs to be durable.
+
+Events with an event time (fills, snapshots, prices) go through the gate (watermark.py), which
+hands them to the engine in event-time order, so the live worker emits exactly what
+`monitor replay` emits for the same log. Events without one (policies, approvals, instruments,
+risk models) apply on arrival.
+
+Everything runs on one event loop; `_lock` keeps "apply to the engine, then emit and save" in
+one piece, so alerts and signals leave in the order the engine produced them. A loop that fails
+stops the process with a non-zero exit (`_fatal`): a supervisor restarts it, and the restarted
+worker recovers everything from Kafka. A single message that cannot be handled is dead-lettered
+and the worker goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import os
+import sys
+import time
+from typing import Any, Awaitable, Callable
+
+import faust
+import numpy as np
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+
+from monitor.engine import Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
+from monitor.engine.engine import Event
+from monitor.engine.signals import Decision
+from monitor.engine.model import Micros
+from monitor.ops import metrics
+from monitor.ops.config import Settings
+from monitor.stream.codec import decode_event, decode_price
+from monitor.stream.emit import Emitter, now_us
+from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
+from monitor.stream.watermark import AHEAD, Gate, Progress
+
+log = structlog.get_logger("monitor.worker")
+
+BOOK_TOPICS = ("positions", "fills", "policies", "approvals")
+MARKET_TOPICS = ("instruments", "risk-models", "prices")
+# Records per getmany. Smaller batches hand the loop back to aiokafka's fetcher and the book agent
+# sooner (BENCHMARKS.md: 1,000 against 5,000).
+MARKET_BATCH = 1_000
+MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
+EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
+_PRICE_LAG = metrics.EVENT_LAG.labels("prices")
+
+
+def _fatal(loop: str, exc: BaseException) -> None:
+    """A loop cannot go on: say so and exit non-zero, at once. Nothing is lost: every input is
+    recorded before its offset is committed, so a restarted worker takes up where this one was
+    (the same guarantee as after kill -9). Restarting the loop in place would crash it again on
+    the same message, or leave a worker that looks alive and applies nothing."""
+    metrics.LOOP_FAILURES.labels(loop).inc()
+    log.critical("worker loop failed: exiting", loop=loop, error=repr(exc), exc_info=exc)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FATAL)
+
+
+def _loud(loop: str, body: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """`body`, which exits the process if it raises (see `_fatal`)."""
+
+    @functools.wraps(body)  # Faust reads the signature to know what to pass
+    async def run(*args: Any) -> None:
+        try:
+            await body(*args)
+        except asyncio.CancelledError:
+            raise  # the worker is stopping
+        except BaseException as exc:  # noqa: BLE001 - anything that ends a loop ends the worker
+            _fatal(loop, exc)
+
+    return run
+
+
+def _freeze_heap(why: str) -> None:
+    """Take every object alive now out of the cyclic collector's scans (gc.freeze).
+
+    Reference data, books, and the framework's objects live as long as the worker. With them
+    scanned, each full collection stopped the worker for 30-60 ms, which was most of the p99
+    of event-to-alert latency. Called once at the first evaluation and once when caught up.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("heap frozen", why=why, objects=gc.get_freeze_count())
+
+
+async def _let_clients_run() -> None:
+    """Yield to the event loop a few times, so that aiokafka's background tasks act now rather
+    than after the evaluation that follows: the fetcher, woken by a batch just taken, sends the
+    next fetch request (its answer arrives while the worker computes); the producer's sender
+    ships the events just emitted."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def _timestamp_ms(seconds: float | None) -> int | None:
+    return int(seconds * 1000) if seconds else None
+
+
+class Worker:
+    """One monitor worker: the engine, wrapped in a Faust app."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or Engine(settings.tick)
+        self._started = time.monotonic()
+        self._first_evaluation = False
+        self._caught_up = False
+        app = faust.App(
+            settings.topic(settings.app_id),
+            broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
+            store="memory://",
+            web_enabled=False,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            datadir=settings.data_dir,
+            consumer_auto_offset_reset="earliest",
+            producer_max_request_size=MAX_RECORD_BYTES,
+            # A killed worker's partitions move on after this long without heartbeats (Faust's
+            # default is 60 s: a restarted worker would wait that long to get its books back).
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
+        )
+        self.app = app
+        self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
+                                     key_serializer="raw", value_serializer="raw")
+        self.emit = Emitter(app, settings)
+        self.tables = BookTables(app, settings.partitions)
+        for table in self.tables.all:
+            table.on_recover(self._restore)
+        self._persisted_peaks: dict[str, float | None] = {}
+        self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
+
+        self.gate: Gate[Price | StagedBookEvent] = Gate()
+        self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
+        self._lock = asyncio.Lock()
+
+        app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
+        app.task(_loud("market-data", self._market_data))
+        app.timer(1.0)(_loud("book-metrics", self._publish_book_metrics))
+
+    # -- book events -------------------------------------------------------------------
+
+    async def _book_agent(self, stream: Any) -> None:
+        async for event in stream.events():
+            await self.on_book_event(event.message)
+
+    async def on_book_event(self, msg: Any) -> None:
+        """Decode and check; a policy or an approval applies at once, a fill or snapshot is recorded
+        (tables.py) and waits in the gate."""
+        topic = self.settings.logical(msg.topic)
+        metrics.EVENTS_CONSUMED.labels(topic).inc()
+        origin = Origin(topic, msg.partition, msg.offset, msg.key, _timestamp_ms(msg.timestamp))
+        ts: Micros | None = None
+        try:
+            ts = await self._accept(origin, msg.value)
+        except Rejected as rejected:
+            await self.emit.dead_letter(origin, msg.value, rejected)
+        except KafkaError:
+            raise  # the broker, not the message: the loop fails loudly
+        except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
+            await self._internal_error(origin, msg.value, exc)
+        self.progress.read_book(msg.tp, msg.offset, ts)
+        await self._drain()
+
+    async def _accept(self, origin: Origin, value: bytes | None) -> Micros | None:
+        """One book message into the engine or the gate; the event time it waits at, if any."""
+        event = decode_event(origin.topic, value, f"{origin.topic}[{origin.partition}]@{origin.offset}")
+        assert isinstance(event, (Fill, Snapshot, Policy, Decision))
+        pid = event.portfolio_id
+        if origin.key is None or origin.key.decode("utf-8", "replace") != pid:
+            raise Rejected("impossible_value", f"message key {origin.key!r} is not its portfolio_id {pid!r}")
+        self.tables.partition_of[pid] = origin.partition
+        if isinstance(event, Decision):
+            async with self._lock:
+                await self._publish(self.engine.on_decision(event))
+            return None
+        if isinstance(event, Policy):
+            async with self._lock:
+                await self.tables.save_policy(pid, (value or b"").decode("utf-8"), origin.partition)
+                await self._publish(self.engine.on_policy(event))
+            return None
+        if isinstance(event, Snapshot):
+            newest = self.tables.newest_snapshot(pid)
+            if newest is not None and event.as_of < newest:
+                raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for {pid}")
+        staged = StagedBookEvent(event, origin, value if isinstance(event, Fill) else None)
+        if not await self.tables.record_input(staged):
+            metrics.DUPLICATES.labels(origin.topic).inc()
+            return None  # recorded already: a re-delivery
+        self.gate.hold(staged.ts, staged)
+        if isinstance(event, Fill):
+            metrics.EVENT_LAG.labels(origin.topic).observe(max(0.0, (now_us() - staged.ts) / 1e6))
+        return staged.ts
+
+    async def _internal_error(self, origin: Origin, value: bytes | None, exc: Exception) -> None:
+        """A message the worker failed on (a bug): dead-lettered as internal_error, logged with its
+        traceback, counted; the worker goes on with the next one."""
+        log.error("message failed: dead-lettered as internal_error", topic=origin.topic,
+                  partition=origin.partition, offset=origin.offset, exc_info=exc)
+        await self.emit.dead_letter(origin, value, Rejected("internal_error", f"{type(exc).__name__}: {exc}"))
+
+    async def _apply_staged(self, staged: StagedBookEvent) -> list[Event]:
+        """A recorded fill or snapshot into the engine; refused, it is dead-lettered and forgotten."""
+        event = staged.event
+        try:
+            return self.engine.on_fill(event) if isinstance(event, Fill) else self.engine.on_snapshot(event)
+        except Rejected as rejected:
+            await self.emit.dead_letter(staged.origin, staged.value, rejected)
+        except KafkaError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await self._internal_error(staged.origin, staged.value, exc)
+        await self.tables.forget_input(staged)
+        return []
+
+    async def _restore(self) -> None:
+        """After table recovery: the engine's books become exactly what the tables hold. Policies and
+        watches go in as they are; every recorded fill and snapshot goes back through the gate, so
+        the engine rebuilds each book as it built it live (judging it again only from its clock)."""
+        async with self._lock:
+            recovered = self.tables.recovered()
+            self.engine.drop_books()
+            for pid in sorted({*recovered.policies, *recovered.watches}):
+                self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
+            self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
+            for staged in recovered.inputs:
+                self.gate.hold(staged.ts, staged)
+            self.progress.forget_books()
+            self.progress.recovered = True
+            metrics.RECOVERIES.inc()
+            log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
+                     policies=len(recovered.policies), inputs=len(recovered.inputs))
+
+    # -- the watermark -----------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Apply what the gate releases, in event-time order; emit the alerts in that order."""
+        async with self._lock:
+            book_mark = self.progress.book_mark(self.app.consumer)
+            market = self.progress.market
+            watermark = min(market.mark, book_mark)
+            tick = self.engine.tick
+            prices: list[Price] = []
+            for item in self.gate.release(watermark):
+                if isinstance(item, Price):
+                    if prices and tick > 0 and item.ts // tick != prices[-1].ts // tick:
+                        # The gate releases in event-time order: the window of `prices` is complete.
+                        # Evaluate and emit it now rather than after the rest of the batch.
+                        await self._publish(self._apply_prices(prices, until=item.ts))
+                        prices = []
+                    prices.append(item)
+                    continue
+                await self._publish(self._apply_prices(prices))
+                prices = []
+                await self._publish(await self._apply_staged(item))
+            alerts = self._apply_prices(prices, until=min(market.progress, book_mark))
+            if watermark == AHEAD and not len(self.gate):  # both streams read to the end
+                self.engine.end_warmup()
+                alerts += self.engine.flush()
+                if not self._caught_up:
+                    self._caught_up = True
+                    _freeze_heap("inputs read to the end")
+            await self._publish(alerts)
+            metrics.GATE_HELD.set(len(self.gate))
+
+    # -- market data -------------------------------------------------------------------
+
+    async def _market_data(self) -> None:
+        topics = [self.settings.topic(t) for t in MARKET_TOPICS]
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.settings.bootstrap_servers,
+            group_id=None,  # a broadcast: every worker reads every partition
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        log.info("market data consumer started", topics=topics,
+                 seconds_since_start=round(time.monotonic() - self._started, 3))
+        try:
+            while True:
+                gate_full = len(self.gate) >= MAX_HELD
+                if self.progress.price_partitions_to_read(consumer, gate_full, self.app.consumer):
+                    batch = await consumer.getmany(timeout_ms=20, max_records=MARKET_BATCH)
+                else:  # the book stream is behind: let it catch up before reading more prices
+                    batch = {}
+                    await asyncio.sleep(0.01)
+                if batch:
+                    await _let_clients_run()
+                    await self.on_market_records(batch)
+                await self.progress.read_market(consumer)
+                await self._drain()
+        finally:
+            await consumer.stop()
+
+    async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
+        """One batch (records by partition): reference data goes to the engine at once, then prices
+        to the gate, each partition's as one run."""
+        now = now_us()
+        by_topic: dict[str, list[tuple[Any, list[Any]]]] = {t: [] for t in MARKET_TOPICS}
+        for tp, records in batch.items():
+            topic = self.settings.logical(tp.topic)
+            by_topic[topic].append((tp, records))
+            metrics.EVENTS_CONSUMED.labels(topic).inc(len(records))
+        for topic in ("instruments", "risk-models"):
+            for r in (r for _, records in by_topic[topic] for r in records):
+                origin = Origin(topic, r.partition, r.offset, r.key, r.timestamp)
+                try:
+                    event = decode_event(topic, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
+                except Rejected as rejected:
+                    await self.emit.dead_letter(origin, r.value, rejected)
+                    continue
+                async with self._lock:
+                    alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
+                              else self.engine.on_risk_model(event))
+                    await self._publish(alerts)
+        for tp, records in by_topic["prices"]:
+            await self._hold_prices(tp.partition, records, now)
+
+    async def _hold_prices(self, partition: int, records: list[Any], now: Micros) -> None:
+        """A partition's prices into the gate; the newest ts read moves the market watermark."""
+        times: list[Micros] = []
+        prices: list[Price] = []
+        for r in records:
+            try:
+                price = decode_price(r.value)
+            except Rejected as rejected:
+                await self.emit.dead_letter(Origin("prices", r.partition, r.offset, r.key, r.timestamp),
+                                            r.value, rejected)
+                continue
+            times.append(price.ts)
+            prices.append(price)
+        if not prices:
+            return
+        self.gate.hold_run(times, prices)
+        self.progress.read_prices(partition, max(times))
+        lags = (now - np.array(times, dtype=float)) / 1e6
+        metrics.observe_many(_PRICE_LAG, np.maximum(lags, 0.0))
+
+    def _apply_prices(self, prices: list[Price], until: Micros | None = None) -> list[Event]:
+        """Prices into the engine; then, if every event before `until` has been applied, the open
+        window evaluated (Engine.close_window). Timed, when anything was done."""
+        started = time.perf_counter()
+        out = self.engine.on_prices(prices) if prices else []
+        if until is not None:
+            out += self.engine.close_window(until)
+        if prices or out:
+            metrics.EVALUATION_SECONDS.observe(time.perf_counter() - started)
+        return out
+
+    # -- output and state ----------------------------------------------------------------
+
+    async def _publish(self, events: list[Event]) -> None:
+        """After the engine acted: emit its events, then save what it changed (the watches of the
+        books that emitted; the book inputs it let go)."""
+        if not self._first_evaluation and self.engine.status:
+            self._first_evaluation = True
+            _freeze_heap("first evaluation")
+            log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
+        await self.emit.events(events)
+        for pid in sorted({e.portfolio_id for e in events}):
+            await self._save_watch(pid)
+        for change in self.engine.changes():
+            await self.tables.forget(change)
+        if events:
+            await _let_clients_run()
+
+    async def _save_watch(self, pid: str) -> None:
+        watch = self.engine.watches.get(pid)
+        if watch is not None:
+            self._persisted_peaks[pid] = watch.peak_nav
+            await self.tables.save_watch(pid, watch)
+
+    async def _publish_book_metrics(self) -> None:
+        """Once a second: book gauges, and the peak NAVs that moved (drawdown survives a restart).
+
+        In a rising market every book's peak moves: a watch costs ~0.2 ms to write out and Faust's
+        JSON ~0.1 ms more, so the loop yields after each, letting prices be evaluated in between
+        instead of behind a stall of every book at once."""
+        for pid, status in list(self.engine.status.items()):
+            metrics.publish_book(pid, status)
+        metrics.HELD_FILLS.set(self.engine.held_fills())
+        metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
+        self._published_unreferenced = self.engine.unreferenced_prices
+        oldest = self.gate.oldest()
+        metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
+        for pid, watch in list(self.engine.watches.items()):
+            if self._persisted_peaks.get(pid) != watch.peak_nav:
+                await self._save_watch(pid)
+                await asyncio.sleep(0)
+
+
+def run(settings: Settings) -> None:
+    """Create the topics, serve /metrics, and run the Faust worker until SIGINT/SIGTERM."""
+    from monitor.stream.topics import ensure_topics
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(ensure_topics(settings))
+    loop.close()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    metrics.serve(settings.metrics_host, settings.metrics_port)
+    log.info("metrics served", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    worker = Worker(settings)
+    faust.Worker(worker.app, loglevel=settings.log_level.upper(), quiet=True,
+                 override_logging=False).execute_from_commandline()  # keep our structlog setup
