@@ -153,6 +153,7 @@ signal.command("reject")(_decision_command("REJECT"))
 
 
 from monitor.bench import bench_command  # noqa: E402
+from monitor.bench_fills import bench_fills_command  # noqa: E402
 from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside what they run)
 from monitor.paper import paper_trade_command  # noqa: E402
 from monitor.replay import replay_command  # noqa: E402
@@ -161,5 +162,6 @@ from monitor.simulate import simulate_command  # noqa: E402
 main.add_command(simulate_command)
 main.add_command(replay_command)
 main.add_command(bench_command)
+main.add_command(bench_fills_command)
 main.add_command(demo_command)
 main.add_command(paper_trade_command)

@@ -43,6 +43,8 @@ HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's re
 GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "
                         "growing while monitor_gate_held_events stays up is a stall")
+INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
+                         "1 once both streams have been read to their end and the gate is empty (since start)")
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")

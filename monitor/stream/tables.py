@@ -88,9 +88,7 @@ class StagedBookEvent:
             s = d["snapshot"]
             return cls(Snapshot(s["portfolio_id"], s["as_of"], s["cash"], s["positions"]), origin, None)
         value = d["value"].encode("utf-8")
-        event = decode_event("fills", value, f"book-inputs:{origin.topic}[{origin.partition}]@{origin.offset}")
-        assert isinstance(event, Fill)
-        return cls(event, origin, value)
+        return cls(Fill.from_message(orjson.loads(value)), origin, value)  # schema-checked when first read
 
 
 def input_key(portfolio_id: str, kind: str, ident: str | int) -> str:
@@ -187,14 +185,20 @@ class BookTables:
 
     # -- recovery ----------------------------------------------------------------
 
-    def recovered(self) -> "Recovered":
-        """The tables' content after Faust's recovery: what the engine is rebuilt from."""
+    def recovered(self, owned: set[int]) -> "Recovered":
+        """The tables' content after Faust's recovery, of the partitions this worker owns now: what
+        the engine is rebuilt from. Keys of other partitions are dropped (Faust's memory store drops
+        them too, one table at a time)."""
         self.partition_of.clear()
         self._snapshots.clear()
         for table in self.all:
-            for key, partition in table.data._key_partition.items():
-                pid = _parse_key(key)[0] if table is self.inputs else key
-                self.partition_of[pid] = partition
+            store = table.data
+            for key, partition in list(store._key_partition.items()):
+                if partition not in owned:
+                    store.pop(key, None)
+                    del store._key_partition[key]
+                    continue
+                self.partition_of[_parse_key(key)[0] if table is self.inputs else key] = partition
         staged = sorted((StagedBookEvent.from_record(v) for v in self.inputs.data.values()),
                         key=lambda s: (s.ts, s.origin.partition, s.origin.offset))
         for s in staged:

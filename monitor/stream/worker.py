@@ -143,8 +143,9 @@ class Worker:
                                      key_serializer="raw", value_serializer="raw")
         self.emit = Emitter(app, settings)
         self.tables = BookTables(app, settings.partitions)
-        for table in self.tables.all:
-            table.on_recover(self._restore)
+        # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
+        # its own: one callback, which reads all three, is enough.
+        self.tables.inputs.on_recover(self._restore)
         self._persisted_peaks: dict[str, float | None] = {}
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
 
@@ -236,7 +237,9 @@ class Worker:
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
         the engine rebuilds each book as it built it live (judging it again only from its clock)."""
         async with self._lock:
-            recovered = self.tables.recovered()
+            owned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                     if self.settings.logical(tp.topic) in BOOK_TOPICS}
+            recovered = self.tables.recovered(owned)
             self.engine.drop_books()
             for pid in sorted({*recovered.policies, *recovered.watches}):
                 self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
@@ -277,7 +280,9 @@ class Worker:
                 alerts += self.engine.flush()
                 if not self._caught_up:
                     self._caught_up = True
+                    metrics.INPUTS_CAUGHT_UP.set(1)
                     _freeze_heap("inputs read to the end")
+                    log.info("caught up", seconds_since_start=round(time.monotonic() - self._started, 3))
             await self._publish(alerts)
             metrics.GATE_HELD.set(len(self.gate))
 

@@ -8,7 +8,6 @@ trading to target at NAV 124,000 means SELL 69 A (9,600 / 140 = 68.57) and BUY 1
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -21,6 +20,7 @@ from click.testing import CliRunner
 from monitor.cli import main
 from monitor.contract import validate
 from monitor.ops.processes import spawn, terminate
+from tests.faults import changelog_books
 from tests.conftest import consume, produce, worker_env
 
 pytestmark = pytest.mark.integration
@@ -159,11 +159,8 @@ def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_pa
         {("A", "SELL", 69.0, 140.0), ("B", "BUY", 192.0, 50.0)}
     resolved = alerts[2]
     assert resolved["inputs"]["last_fill_id"] in {f["fill_id"] for f in fills}
-    # The worker's own record of the book (its changelog): 600 - 69 A, 800 + 192 B, and
-    # cash 69 x 140 - 192 x 50 = +60. At NAV 124,000: A 74,340 (59.95%), B 49,600 (40.00%).
-    changelog = f"{settings.topic(settings.app_id)}-books-changelog"
-    records = consume(dataclasses.replace(settings, topic_prefix=""), changelog,
-                      lambda r: any(b.get("last_fill_id") in {f["fill_id"] for f in fills}
-                                    and len(b["fills"]) == 2 for b in r))
-    final = [b for b in records if b["portfolio_id"] == "P-LOOP"][-1]
-    assert final["positions"] == {"A": 531.0, "B": 992.0} and final["cash"] == {"USD": 60.0}
+    # The worker's own record of the book (its book-inputs changelog, folded as a restarted worker
+    # would): 600 - 69 A, 800 + 192 B, and cash 69 x 140 - 192 x 50 = +60. At NAV 124,000:
+    # A 74,340 (59.95%), B 49,600 (40.00%).
+    positions, cash = changelog_books(settings)["P-LOOP"]
+    assert positions == {"A": 531.0, "B": 992.0} and cash == 60.0

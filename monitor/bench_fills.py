@@ -1,0 +1,325 @@
+"""`monitor bench-fills`: a trading day's fills against the worker's state.
+
+Two parts, printed and appended to BENCHMARKS.md:
+
+1. The engine alone (no Kafka): one book of `--positions` holdings takes `--big-book-fills` fills
+   among prices, at the production tick; the time per fill over the first and the last 1,000 says
+   whether a fill's cost grows with the fills since the snapshot.
+2. The worker on a real broker: `--books` books of `--positions` holdings each; `--fills` fills (one
+   book takes `--big-book-fills` of them) fed live at `--fill-rate` among prices at `--price-rate`.
+   Figures: fills/s applied (fills over the time from the first sent to the last applied), the
+   fills' event lag early and late in the run, changelog bytes per fill and the largest changelog
+   record (read back from the broker), the worker's peak RSS; then kill -9 and a new worker: the
+   time from its start to its first evaluation and to the gate caught up, with the prices the run
+   left on the topic (`--restart-prices` adds more before the restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import random
+import signal
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from monitor.bench import _code_version, _peak_rss_mb, _spawn_worker
+from monitor.engine import Engine, Fill, Instrument, Price, Snapshot, format_ts, parse_policy
+from monitor.ops.config import Settings
+from monitor.ops.metrics import scrape
+from monitor.ops.processes import free_ports, terminate
+from monitor.stream.topics import ensure_topics
+
+SEC = 1_000_000
+
+
+@dataclass(frozen=True)
+class Day:
+    """A day's market: instrument ids, books (each holding every instrument), fills' books."""
+
+    books: int
+    positions: int
+    fills: int
+    big_book_fills: int
+    seed: int = 11
+
+    @property
+    def instrument_ids(self) -> list[str]:
+        return [f"I{i:05d}" for i in range(self.positions)]
+
+    @property
+    def book_ids(self) -> list[str]:
+        return [f"BK-{b:03d}" for b in range(self.books)]
+
+    def instrument(self, iid: str) -> dict:
+        return {"instrument_id": iid, "currency": "USD", "asset_class": "equity", "sector": f"S{hash(iid) % 11}",
+                "adv": 5_000_000, "spread_bps": 3, "daily_vol": 0.02}
+
+    def policy(self, book: str) -> dict:
+        w = 1.0 / self.positions
+        return {"portfolio_id": book, "version": 1, "base_currency": "USD",
+                "limits": [{"id": f"w-{iid}", "metric": "weight", "instrument": iid, "target": w,
+                            "band": {"type": "relative", "width": 0.5}} for iid in self.instrument_ids[:20]]
+                + [{"id": "gross", "metric": "gross_leverage", "target": 1.0, "band": {"width": 0.2}}]}
+
+    def snapshot(self, book: str, as_of: int) -> dict:
+        return {"portfolio_id": book, "as_of": format_ts(as_of), "cash": {"USD": 0.0},
+                "positions": [{"instrument_id": iid, "quantity": 1000} for iid in self.instrument_ids]}
+
+    def fill_books(self) -> list[str]:
+        """The book of each fill, in order: the big book's share spread through the day."""
+        rng = random.Random(self.seed)
+        big, others = self.book_ids[0], self.book_ids[1:] or self.book_ids
+        books = [big] * self.big_book_fills + [rng.choice(others) for _ in range(self.fills - self.big_book_fills)]
+        rng.shuffle(books)
+        return books
+
+
+# -- part 1: the engine alone ----------------------------------------------------------------
+
+
+def engine_fill_cost(day: Day, tick_us: int) -> tuple[float, float, float]:
+    """(us per fill over the first 1,000, over the last 1,000, fills in total) for one book."""
+    engine = Engine(tick_us)
+    rng = random.Random(day.seed)
+    ids = day.instrument_ids
+    for iid in ids:
+        engine.on_instrument(Instrument.from_message(day.instrument(iid)))
+    t0 = 1_800_000_000 * SEC
+    engine.on_prices([Price(iid, 100.0, t0) for iid in ids])
+    book = day.book_ids[0]
+    engine.on_policy(parse_policy(day.policy(book), "bench"))
+    engine.on_snapshot(Snapshot(book, t0, {"USD": 0.0}, {iid: 1000.0 for iid in ids}))
+    n = day.big_book_fills
+    times: list[float] = []
+    for k in range(n):
+        ts = t0 + (k + 1) * 5_000  # a fill every 5 ms, a price between
+        iid = ids[rng.randrange(len(ids))]
+        engine.on_prices([Price(ids[rng.randrange(len(ids))], 100.0 + rng.uniform(-1, 1), ts - 1)])
+        fill = Fill(f"F{k}", book, iid, rng.choice(("BUY", "SELL")), float(rng.randint(1, 50)), 100.0, ts)
+        began = time.perf_counter()
+        engine.on_fill(fill)
+        engine.changes()
+        times.append(time.perf_counter() - began)
+    window = min(1_000, n // 2)
+    return sum(times[:window]) / window * 1e6, sum(times[-window:]) / window * 1e6, float(n)
+
+
+# -- part 2: the worker on a broker ---------------------------------------------------------------
+
+
+async def _produce(settings: Settings, messages: list[tuple[str, str, dict]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20,
+                                max_batch_size=512 * 1024, max_request_size=8 << 20, acks=1)
+    await producer.start()
+    try:
+        for topic, key, value in messages:
+            await producer.send(settings.topic(topic), orjson.dumps(value), key=key.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: float) -> tuple[float, int]:
+    """Prices and fills at their rates, stamped now, in 10 ms slices; (seconds, prices sent)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
+                                max_batch_size=512 * 1024, acks=1)
+    await producer.start()
+    rng = random.Random(day.seed + 1)
+    ids = day.instrument_ids
+    books = day.fill_books()
+    prices_topic, fills_topic = settings.topic("prices"), settings.topic("fills")
+    began = time.perf_counter()
+    sent_fills = sent_prices = 0
+    try:
+        while sent_fills < len(books):
+            elapsed = time.perf_counter() - began
+            due_prices, due_fills = int(elapsed * price_rate), min(len(books), int(elapsed * fill_rate))
+            ts = format_ts(time.time_ns() // 1_000)
+            for _ in range(due_prices - sent_prices):
+                iid = ids[rng.randrange(len(ids))]
+                await producer.send(prices_topic, orjson.dumps({"instrument_id": iid, "ts": ts,
+                                                                "price": round(100 + rng.uniform(-2, 2), 4)}),
+                                    key=iid.encode())
+            for k in range(sent_fills, due_fills):
+                book, iid = books[k], ids[rng.randrange(len(ids))]
+                await producer.send(fills_topic, orjson.dumps({
+                    "fill_id": f"F-{k}", "portfolio_id": book, "instrument_id": iid, "ts": ts,
+                    "side": rng.choice(("BUY", "SELL")), "quantity": rng.randint(1, 50),
+                    "price": round(100 + rng.uniform(-2, 2), 4)}), key=book.encode())
+            sent_prices, sent_fills = due_prices, due_fills
+            await asyncio.sleep(0.01)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return time.perf_counter() - began, sent_prices
+
+
+def _sample(url: str) -> dict:
+    return scrape(url)
+
+
+def _fills_lag_p50(before: dict, after: dict) -> float:
+    """Median event lag of the fills applied between two scrapes, from the histogram's buckets."""
+    prefix = "monitor_event_lag_seconds_bucket"
+    buckets = sorted((float(dict(labels)["le"]), after[(name, labels)] - before.get((name, labels), 0.0))
+                     for (name, labels) in after if name == prefix and dict(labels).get("topic") == "fills")
+    total = buckets[-1][1] if buckets else 0.0
+    for le, count in buckets:
+        if total and count >= total / 2:
+            return le
+    return float("nan")
+
+
+def _changelog_sizes(settings: Settings) -> tuple[int, int, int]:
+    """(records, bytes, largest record) over the worker's changelog topics."""
+
+    async def go() -> tuple[int, int, int]:
+        app = settings.topic(settings.app_id)
+        topics = [f"{app}-{t}-changelog" for t in ("policies", "watches", "book-inputs")]
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+        await consumer.start()
+        n = size = largest = 0
+        quiet = time.monotonic()
+        try:
+            while time.monotonic() - quiet < 2.0:
+                for records in (await consumer.getmany(timeout_ms=300, max_records=10_000)).values():
+                    quiet = time.monotonic()
+                    for r in records:
+                        b = len(r.key or b"") + len(r.value or b"")
+                        n, size, largest = n + 1, size + b, max(largest, b)
+        finally:
+            await consumer.stop()
+        return n, size, largest
+
+    return asyncio.run(go())
+
+
+def _wait(check, timeout: float, what: str, proc) -> float:  # type: ignore[no-untyped-def]
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        if proc.poll() is not None:
+            raise click.ClickException(f"the worker exited while waiting for {what}")
+        try:
+            if check():
+                return time.perf_counter() - began
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _log_seconds(log: Path, marker: str) -> float | None:
+    for line in log.read_text(errors="replace").splitlines():
+        if marker in line and "seconds_since_start=" in line:
+            return float(line.split("seconds_since_start=")[1].split()[0])
+    return None
+
+
+def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, restart_prices: int,
+              workdir: Path) -> list[str]:
+    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bf{uuid.uuid4().hex[:6]}-", partitions=4,
+                        metrics_port=free_ports()[0], data_dir=str(workdir / "data"))
+    asyncio.run(ensure_topics(settings))
+    t0 = time.time_ns() // 1_000 - 10 * SEC
+    setup = [("instruments", iid, day.instrument(iid)) for iid in day.instrument_ids]
+    setup += [("policies", b, day.policy(b)) for b in day.book_ids]
+    setup += [("positions", b, day.snapshot(b, t0)) for b in day.book_ids]
+    setup += [("prices", iid, {"instrument_id": iid, "price": 100.0, "ts": format_ts(t0)}) for iid in day.instrument_ids]
+    asyncio.run(_produce(settings, setup))
+    url = settings.local_metrics_url
+    proc = _spawn_worker(settings, workdir)
+
+    def consumed(topic: str) -> float:
+        return scrape(url).get(("monitor_events_consumed_total", (("topic", topic),)), 0.0)
+
+    try:
+        _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_gate_held_events", ())) == 0,
+              300, "the books to be read", proc)
+        before = _sample(url)
+        fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
+        mid = _sample(url)
+        catch_up = _wait(lambda: consumed("fills") >= day.fills
+                         and scrape(url).get(("monitor_gate_held_events", ())) == 0, 600, "the fills applied", proc)
+        after = _sample(url)
+        rss = _peak_rss_mb(proc.pid)
+        records, size, largest = _changelog_sizes(settings)
+        if restart_prices:
+            t_end = time.time_ns() // 1_000
+            ids = day.instrument_ids
+            asyncio.run(_produce(settings, [("prices", ids[k % len(ids)], {
+                "instrument_id": ids[k % len(ids)], "price": 100.0, "ts": format_ts(t_end)})
+                for k in range(restart_prices)]))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        began = time.perf_counter()
+        again = replace(settings, metrics_port=free_ports()[0])
+        proc = _spawn_worker(again, workdir)
+        _wait(lambda: scrape(again.local_metrics_url).get(("monitor_inputs_caught_up", ())) == 1.0, 900,
+              "the restarted worker to catch up", proc)
+        restart_s = time.perf_counter() - began
+    finally:
+        terminate(proc)
+    total_s = fed_s + catch_up
+    lines = [
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: bench-fills, {day.books} books x {day.positions} "
+        f"positions, {day.fills:,} fills (one book {day.big_book_fills:,})",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; code "
+        f"{_code_version()}.  ",
+        f"Fed live: {day.fills:,} fills at {fill_rate:,.0f}/s among {prices_sent:,} prices at {price_rate:,.0f}/s "
+        f"over {fed_s:.1f} s; the worker applied the last fill {catch_up:.1f} s after the feed ended.",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| fills/s applied, first sent to last applied | {day.fills / total_s:,.0f} |",
+        f"| fills' event lag p50, first half of the feed / second half | {_fills_lag_p50(before, mid):.3g} s / "
+        f"{_fills_lag_p50(mid, after):.3g} s |",
+        f"| changelog records / bytes per fill | {records / day.fills:.2f} / {size / day.fills:,.0f} B |",
+        f"| largest changelog record | {largest / 1024:,.1f} KB |",
+        f"| worker peak RSS | {rss:,.0f} MB |",
+        f"| restart after kill -9 to gate caught up ({prices_sent + restart_prices + day.positions:,} prices on "
+        f"the topic) | {restart_s:.1f} s |",
+        "",
+    ]
+    return lines
+
+
+@click.command("bench-fills")
+@click.option("--books", type=int, default=50, show_default=True)
+@click.option("--positions", type=int, default=2_000, show_default=True, help="Holdings per book")
+@click.option("--fills", type=int, default=200_000, show_default=True)
+@click.option("--big-book-fills", type=int, default=40_000, show_default=True, help="Fills of the busiest book")
+@click.option("--fill-rate", type=float, default=2_500.0, show_default=True, help="Fills/s fed")
+@click.option("--price-rate", type=float, default=20_000.0, show_default=True, help="Prices/s fed meanwhile")
+@click.option("--restart-prices", type=int, default=0, show_default=True,
+              help="Prices added to the topic before the restart is timed")
+@click.option("--engine-only", is_flag=True, help="Only part 1 (no broker)")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
+def bench_fills_command(books: int, positions: int, fills: int, big_book_fills: int, fill_rate: float,
+                        price_rate: float, restart_prices: int, engine_only: bool, out: Path) -> None:
+    """A day's fills: cost per fill, changelog bytes, largest record, RSS, restart (see monitor/bench_fills.py)."""
+    import tempfile
+
+    from monitor.ops.broker import kafka_cluster
+
+    day = Day(books, positions, fills, min(big_book_fills, fills))
+    first, last, n = engine_fill_cost(day, Settings.from_env().tick)
+    lines = [f"Engine alone: one book of {positions:,} holdings, {n:,.0f} fills: {first:.1f} us a fill over the "
+             f"first 1,000, {last:.1f} us over the last 1,000.", ""]
+    click.echo("\n".join(lines))
+    if not engine_only:
+        with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-fills-") as tmp:
+            lines = run_bench(bootstrap, day, price_rate, fill_rate, restart_prices, Path(tmp))[:-1] + [""] + lines
+            click.echo("\n".join(lines))
+    with out.open("a") as f:
+        f.write("\n" + "\n".join(lines) + "\n")

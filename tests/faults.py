@@ -1,0 +1,210 @@
+"""What the fault tests share: a seeded fill burst, and the independent recomputations a faulted
+worker is held to (positions and cash from the input topics, alert ids from `monitor replay`).
+
+The burst: a few books holding A and B, prices every few milliseconds of event time with A on a
+slow wave (so weight limits breach and recover), fills at prices off the market, every event at
+its own microsecond (so the event-time order is one order). Each fill moves NAV by its own
+amount, so a lost or doubled fill shows in NAV as well as in positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from monitor.engine import Engine, format_ts
+from monitor.ops.config import Settings
+from monitor.replay import Replay, write_events
+
+Message = tuple[str, str, Any]  # (logical topic, key, value)
+MS = 1_000
+
+
+def instrument(iid: str) -> dict:
+    return {"instrument_id": iid, "currency": "USD", "asset_class": "equity", "sector": "S-" + iid,
+            "region": "NA", "adv": 1_000_000, "spread_bps": 2, "daily_vol": 0.02}
+
+
+def policy(book: str) -> dict:
+    return {"portfolio_id": book, "version": 1, "base_currency": "USD",
+            "evaluation": {"persistence_seconds": 0, "hysteresis": 0.2, "stale_price_seconds": 3600},
+            "limits": [{"id": "w-A", "metric": "weight", "instrument": "A", "target": 0.5,
+                        "band": {"type": "absolute", "width": 0.02}}]}
+
+
+@dataclass
+class Burst:
+    """A seeded trading burst: `setup` (reference data, policies, snapshots) then `flow` (prices
+    and fills, in event-time order), and what they add up to."""
+
+    books: list[str]
+    setup: list[Message]
+    flow: list[Message]
+    last_price: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.setup + self.flow
+
+    def fills(self) -> list[dict]:
+        return [v for t, _, v in self.messages if t == "fills"]
+
+
+def make_burst(seed: int, books: int = 4, fills_per_book: int = 300, start_us: int | None = None,
+               step_us: int = 2 * MS) -> Burst:
+    """Snapshots at `start_us` (default: a minute ago, so the event times are live), then one event
+    per `step_us`: a price of A or B, or a fill of one of the books."""
+    rng = random.Random(seed)
+    t0 = start_us if start_us is not None else (time.time_ns() // 1_000 - 60_000_000)
+    ids = [f"BK-{seed}-{i}" for i in range(books)]
+    setup: list[Message] = [("instruments", "A", instrument("A")), ("instruments", "B", instrument("B"))]
+    for book in ids:
+        setup.append(("policies", book, policy(book)))
+        setup.append(("positions", book, {"portfolio_id": book, "as_of": format_ts(t0), "cash": {"USD": 0.0},
+                                          "positions": [{"instrument_id": "A", "quantity": 500},
+                                                        {"instrument_id": "B", "quantity": 500}]}))
+    px = {"A": 100.0, "B": 100.0}
+    flow: list[Message] = []
+    remaining = {b: fills_per_book for b in ids}
+    n, k = 0, 0
+    while any(remaining.values()):
+        n += 1
+        ts = format_ts(t0 + n * step_us)
+        if n % 3:  # two prices for every fill
+            iid = "A" if n % 3 == 1 else "B"
+            px[iid] = round(100.0 * (1 + (0.08 * math.sin(n / 400) if iid == "A" else 0.01 * math.cos(n / 97))), 4)
+            flow.append(("prices", iid, {"instrument_id": iid, "price": px[iid], "ts": ts}))
+            continue
+        book = rng.choice([b for b in ids if remaining[b]])
+        remaining[book] -= 1
+        k += 1
+        iid = rng.choice("AB")
+        side = rng.choice(("BUY", "SELL"))
+        flow.append(("fills", book, {"fill_id": f"F-{seed}-{k}", "portfolio_id": book, "instrument_id": iid,
+                                     "side": side, "quantity": rng.randint(1, 40),
+                                     "price": round(px[iid] + rng.choice((-1, 1)) * rng.uniform(0.5, 1.5), 4),
+                                     "ts": ts, "fees": 0.25}))
+    return Burst(ids, setup, flow, dict(px))
+
+
+def recompute_books(messages: list[Message]) -> dict[str, tuple[dict[str, float], float]]:
+    """Positions and USD cash per book from the snapshots and the fills after them, each fill once."""
+    books: dict[str, tuple[dict[str, float], float]] = {}
+    as_of: dict[str, str] = {}
+    seen: set[str] = set()
+    for topic, _, v in messages:
+        if topic == "positions":
+            books[v["portfolio_id"]] = ({p["instrument_id"]: float(p["quantity"]) for p in v["positions"]},
+                                        float(v["cash"].get("USD", 0.0)))
+            as_of[v["portfolio_id"]] = v["as_of"]
+        elif topic == "fills" and v["fill_id"] not in seen and v["ts"] > as_of[v["portfolio_id"]]:
+            seen.add(v["fill_id"])
+            positions, cash = books[v["portfolio_id"]]
+            sign = 1 if v["side"] == "BUY" else -1
+            positions[v["instrument_id"]] = positions.get(v["instrument_id"], 0.0) + sign * v["quantity"]
+            books[v["portfolio_id"]] = (positions, cash - sign * v["quantity"] * v["price"] - v.get("fees", 0.0))
+    return books
+
+
+def nav(positions: dict[str, float], cash: float, prices: dict[str, float]) -> float:
+    return cash + sum(q * prices[iid] for iid, q in positions.items())
+
+
+def replay_alerts(messages: list[Message], tick: int) -> list[dict]:
+    """The alert events `monitor replay` gives for the same messages, in event-time order."""
+    lines = [orjson.dumps({"topic": t, "key": k, "value": v}) for t, k, v in messages]
+    out = io.BytesIO()
+    write_events(Replay(Engine(tick)).run(lines), out)
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    return [r["value"] for r in records if r["topic"] == "drift-alerts"]
+
+
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic, read to its end."""
+
+    async def go() -> list[tuple[bytes | None, bytes | None]]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            out: list[tuple[bytes | None, bytes | None]] = []
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < idle_s:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    out += [(r.key, r.value) for r in records]
+                    quiet_since = time.monotonic()
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], float]]:
+    """Positions and USD cash per book as a restarted worker would rebuild them: the `book-inputs`
+    changelog (last record per key, tombstones deleting), folded like `recompute_books`."""
+    topic = f"{settings.topic(settings.app_id)}-book-inputs-changelog"
+    latest: dict[bytes | None, bytes | None] = {}
+    for key, value in read_topic(settings.bootstrap_servers, topic):
+        latest[key] = value
+    messages: list[tuple[str, str, Any, int]] = []
+    for value in latest.values():
+        if value is None:
+            continue
+        record = orjson.loads(value)
+        if "snapshot" in record:
+            s = record["snapshot"]
+            doc = {"portfolio_id": s["portfolio_id"], "as_of": format_ts(s["as_of"]), "cash": s["cash"],
+                   "positions": [{"instrument_id": i, "quantity": q} for i, q in s["positions"].items()]}
+            messages.append(("positions", s["portfolio_id"], doc, s["as_of"]))
+        else:
+            fill = orjson.loads(record["value"])
+            messages.append(("fills", fill["portfolio_id"], fill, 0))
+    messages.sort(key=lambda m: (m[0] != "positions", m[3]))  # snapshots (oldest first), then fills
+    return recompute_books([(t, k, v) for t, k, v, _ in messages])
+
+
+def alerts_match_replay(live: list[dict], expected: list[dict]) -> list[str]:
+    """What is wrong with the live alert events against the replay's: an event id the replay does
+    not have (or missing), a re-emitted event whose content differs, an alert opened twice."""
+    def comparable(a: dict) -> dict:
+        return {k: v for k, v in a.items() if k not in ("detected_ts", "key", "partition", "offset")}
+
+    problems: list[str] = []
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for a in live:
+        by_id[a["event_id"]].append(comparable(a))
+    wanted = {a["event_id"]: comparable(a) for a in expected}
+    for event_id in sorted(set(by_id) - set(wanted)):
+        problems.append(f"live only: {by_id[event_id][0]['message']}")
+    for event_id in sorted(set(wanted) - set(by_id)):
+        problems.append(f"replay only: {wanted[event_id]['message']}")
+    for event_id, copies in by_id.items():
+        if any(c != copies[0] for c in copies) or (event_id in wanted and copies[0] != wanted[event_id]):
+            problems.append(f"event {event_id} differs between copies or from the replay")
+    opens: dict[str, set[str]] = defaultdict(set)
+    for a in live:
+        if a["state"] == "OPEN":
+            opens[a["alert_id"]].add(a["event_id"])
+    problems += [f"alert {aid} opened {len(ids)} times" for aid, ids in opens.items() if len(ids) > 1]
+    return problems
+
+
+def wait_for(check: Callable[[], str | None], timeout: float, poll: float = 0.5) -> None:
+    """Poll `check` (None: done; else what is still wrong) until done; fail with its last answer."""
+    deadline = time.monotonic() + timeout
+    wrong = check()
+    while wrong is not None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout:.0f} s: {wrong}")
+        time.sleep(poll)
+        wrong = check()

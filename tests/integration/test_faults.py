@@ -1,0 +1,145 @@
+"""The fault suite on a real broker: a worker killed with SIGKILL in the middle of a fill burst, and a
+held fill across a restart and a failover. Each trial holds the worker to independent
+recomputations: NAV and the persisted book state against the snapshots and fills on the topics
+(each fill once), alert events against `monitor replay` of the same messages.
+
+`make test` runs a few trials; `make faults` runs more (MONITOR_FAULT_TRIALS) on longer bursts
+(MONITOR_FAULT_FILLS fills per book).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from monitor.engine import format_ts, parse_ts
+from monitor.ops.config import Settings
+from monitor.ops.processes import free_ports
+from monitor.stream.topics import ensure_topics
+from tests.conftest import WorkerProcess, produce, running_worker
+from tests.faults import (Burst, alerts_match_replay, changelog_books, make_burst, nav, read_topic,
+                          recompute_books, replay_alerts, wait_for)
+
+pytestmark = pytest.mark.integration
+
+TRIALS = int(os.environ.get("MONITOR_FAULT_TRIALS", "2"))
+FILLS_PER_BOOK = int(os.environ.get("MONITOR_FAULT_FILLS", "250"))
+
+
+@pytest.fixture
+def fault_settings(settings: Settings) -> Settings:
+    """A short consumer-group session, so a killed worker's partitions move on in seconds; the
+    topics created first, with the test's partitions (the broker would create one-partition topics)."""
+    settings = dataclasses.replace(settings, session_timeout_s=6.0)
+    asyncio.run(ensure_topics(settings))
+    return settings
+
+
+def book_navs(worker: WorkerProcess, books: list[str]) -> dict[str, float | None]:
+    m = worker.metrics()
+    return {b: m.get(("monitor_book_nav", (("portfolio_id", b),))) for b in books}
+
+
+def navs_wrong(worker: WorkerProcess, expected: dict[str, float]) -> str | None:
+    """None when every book's NAV gauge equals the recomputation; else what differs."""
+    if worker.proc is not None and worker.proc.poll() is not None:
+        raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-3000:]}")
+    got = book_navs(worker, list(expected))
+    wrong = {b: (got[b], want) for b, want in expected.items()
+             if got[b] is None or abs(got[b] - want) > 1e-9 * abs(want)}
+    return f"NAV (worker, recomputed): {wrong}" if wrong else None
+
+
+def assert_books_equal_recomputation(settings: Settings, burst: Burst) -> None:
+    expected = recompute_books(burst.messages)
+    persisted = changelog_books(settings)
+    for book in burst.books:
+        positions, cash = persisted[book]
+        want_positions, want_cash = expected[book]
+        assert {i: q for i, q in positions.items() if q} == {i: q for i, q in want_positions.items() if q}, book
+        assert cash == pytest.approx(want_cash, rel=1e-12, abs=1e-6), book
+
+
+def assert_alerts_equal_replay(settings: Settings, burst: Burst) -> None:
+    live = [orjson.loads(v) for _, v in read_topic(settings.bootstrap_servers, settings.topic("drift-alerts"))]
+    expected = replay_alerts(burst.messages, settings.tick)
+    assert expected, "the burst opens no alert: the trial would not test alerts"
+    problems = alerts_match_replay(live, expected)
+    assert not problems, f"{len(problems)} problem(s) in {len(live)} live alert events:\n" + "\n".join(problems[:20])
+
+
+def kill(worker: WorkerProcess) -> None:
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(10)
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_kill_9_during_a_fill_burst_loses_nothing_and_counts_nothing_twice(fault_settings, tmp_path, trial):
+    settings = fault_settings
+    rng = random.Random(1000 + trial)
+    burst = make_burst(seed=trial, fills_per_book=FILLS_PER_BOOK)
+    expected = {b: nav(*recompute_books(burst.messages)[b], burst.last_price) for b in burst.books}
+    produce(settings, burst.setup)
+    with running_worker(settings, tmp_path / "first.log") as first:
+        # The flow arrives in chunks while the worker applies it; the kill lands somewhere in it.
+        chunks = [burst.flow[i:i + 300] for i in range(0, len(burst.flow), 300)]
+        feeder = threading.Thread(target=lambda: [(produce(settings, c), time.sleep(0.1)) for c in chunks])
+        feeder.start()
+        time.sleep(rng.uniform(1.0, 4.0))
+        kill(first)
+        feeder.join()
+    with running_worker(settings, tmp_path / "second.log") as second:
+        wait_for(lambda: navs_wrong(second, expected), timeout=120)
+        time.sleep(1.5)  # anything emitted late would show below
+    assert_books_equal_recomputation(settings, burst)
+    assert_alerts_equal_replay(settings, burst)
+
+
+def test_a_held_fill_survives_a_restart_and_a_failover(fault_settings, tmp_path: Path):
+    """A fill that arrives before its instrument is held, applied when the instrument comes, and
+    still in the book after kill -9 and a restart, and after a failover to another worker."""
+    settings = fault_settings
+    burst = make_burst(seed=77, books=2, fills_per_book=5)
+    book = burst.books[0]
+    end = parse_ts(burst.flow[-1][2]["ts"])
+    late_fill = {"fill_id": "F-held", "portfolio_id": book, "instrument_id": "C", "side": "BUY", "quantity": 10,
+                 "price": 50.0, "ts": format_ts(end + 1)}
+    c_ref = ("instruments", "C", {**burst.setup[0][2], "instrument_id": "C", "sector": "S-C"})
+    c_price = ("prices", "C", {"instrument_id": "C", "price": 55.0, "ts": late_fill["ts"]})
+    recomputed = recompute_books(burst.messages + [("fills", book, late_fill)])
+    prices = {**burst.last_price, "C": 55.0}
+    expected = {b: nav(*recomputed[b], prices) for b in burst.books}
+
+    produce(settings, burst.messages)
+    with running_worker(settings, tmp_path / "first.log") as first:
+        produce(settings, [("fills", book, late_fill)])
+        wait_for(lambda: None if first.metrics().get(("monitor_held_fills", ())) == 1.0 else "fill not held",
+                 timeout=60)
+        produce(settings, [c_ref, c_price])
+        wait_for(lambda: navs_wrong(first, expected), timeout=60)  # applied: +10 C at 55 for 500 cash
+        time.sleep(1.0)
+        kill(first)
+    with running_worker(settings, tmp_path / "second.log") as second:
+        wait_for(lambda: navs_wrong(second, expected), timeout=90)
+        other_port = dataclasses.replace(settings, metrics_port=free_ports()[0])
+        with running_worker(other_port, tmp_path / "third.log") as third:
+            time.sleep(3.0)  # the third joins the group: the books are split between the two
+            kill(second)
+            # The third owns every book after the second's session expires; a new price of C moves
+            # the book's NAV by its 10 C only if the held fill came over with the book.
+            move = ("prices", "C", {"instrument_id": "C", "price": 60.0, "ts": format_ts(end + 2)})
+            produce(settings, [move])
+            expected[book] += 10 * 5.0
+            wait_for(lambda: navs_wrong(third, expected), timeout=90)
+    persisted = changelog_books(settings)
+    assert persisted[book][0].get("C") == 10.0
