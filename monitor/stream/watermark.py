@@ -17,7 +17,7 @@ high watermarks and keeps, per partition, how far it has been read.
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
 from monitor.engine.model import Micros
@@ -29,17 +29,28 @@ T = TypeVar("T")
 class Gate(Generic[T]):
     """Held items as runs, each what one `hold_run` brought (one partition's records of a fetch),
     sorted by event time. Releasing takes a prefix of each run and merges them: per price, a list
-    slice and a share of one sort, where a heap cost a push and a pop of log(held) compares."""
+    slice and a share of one sort, where a heap cost a push and a pop of log(held) compares.
+
+    Items held one by one (`hold`: fills and snapshots) go into one run of their own, kept sorted
+    (ties in arrival order) and released ahead of the runs' items of equal event time: a run each
+    made every release walk thousands of one-item runs while the market stream was behind, so a
+    busy book stream slowed as its backlog grew. Equal event times commute in the engine (they fall
+    in one window, judged when it closes), so which goes first changes nothing it emits."""
 
     def __init__(self) -> None:
         self._runs: list[list] = []  # [ts list, item list, index of the first still held], as they came
+        self._single_ts: list[Micros] = []
+        self._single_items: list[T] = []
         self._held = 0
 
     def __len__(self) -> int:
         return self._held
 
     def hold(self, ts: Micros, item: T) -> None:
-        self.hold_run([ts], [item])
+        k = bisect_right(self._single_ts, ts)
+        self._single_ts.insert(k, ts)
+        self._single_items.insert(k, item)
+        self._held += 1
 
     def hold_run(self, ts: list[Micros], items: list[T]) -> None:
         """Items in the order they came, with their event times (in order or not)."""
@@ -50,17 +61,20 @@ class Gate(Generic[T]):
         self._held += len(ts)
 
     def release(self, watermark: Micros) -> list[T]:
-        """Everything held with an event time below the watermark, oldest first, ties in the order
-        they came."""
-        times: list[Micros] = []
-        out: list[T] = []
+        """Everything held with an event time below the watermark, oldest first: at equal times the
+        items held one by one first, then the runs' in the order they came."""
+        end = bisect_left(self._single_ts, watermark)
+        times: list[Micros] = self._single_ts[:end]
+        out: list[T] = self._single_items[:end]
+        if end:
+            del self._single_ts[:end], self._single_items[:end]
         kept: list[list] = []
         merge = False
         for run in self._runs:
             ts, items, start = run
             end = bisect_left(ts, watermark, start)
             if end > start:
-                merge = bool(out)
+                merge = merge or bool(out)
                 times += ts[start:end]
                 out += items[start:end]
             if end < len(ts):
@@ -68,23 +82,29 @@ class Gate(Generic[T]):
                 kept.append(run)
         self._runs = kept
         self._held -= len(out)
-        if merge:  # runs in the order they came, so a stable sort keeps ties in that order
+        if merge:  # in the order held, so a stable sort keeps ties in that order
             order = sorted(range(len(out)), key=times.__getitem__)
             out = [out[i] for i in order]
         return out
 
     def oldest(self) -> Micros | None:
         """The least event time held, None when empty."""
-        return min((ts[start] for ts, _, start in self._runs), default=None)
+        firsts = [ts[start] for ts, _, start in self._runs] + self._single_ts[:1]
+        return min(firsts, default=None)
 
     def drop(self, unwanted: Callable[[T], bool]) -> None:
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
-        runs = self._runs
-        self._runs, self._held = [], 0
+        runs, singles = self._runs, list(zip(self._single_ts, self._single_items))
+        self._runs, self._single_ts, self._single_items, self._held = [], [], [], 0
         for ts, items, start in runs:
             keep = [k for k in range(start, len(ts)) if not unwanted(items[k])]
             if keep:
                 self.hold_run([ts[k] for k in keep], [items[k] for k in keep])
+        for t, item in singles:
+            if not unwanted(item):
+                self._single_ts.append(t)
+                self._single_items.append(item)
+                self._held += 1
 
 
 def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Micros) -> set[int]:

@@ -49,23 +49,25 @@ def test_unread_reference_data_holds_the_market_mark_at_zero():
     st.tuples(st.just("drop"), st.integers(0, 4)),
 ), max_size=40))
 def test_releases_what_a_sort_by_event_time_then_arrival_releases(steps):
-    """Runs held in any order and any ts order, released and dropped in any sequence: what leaves is
-    what sorting everything held by (ts, order of arrival) and cutting at the watermark gives."""
+    """Runs and single items held in any order and any ts order, released and dropped in any
+    sequence: what leaves is what sorting everything held by (ts, single before run, order of
+    arrival) and cutting at the watermark gives."""
     gate: Gate[int] = Gate()
-    held: list[tuple[int, int]] = []  # (ts, arrival number): the reference
+    held: list[tuple[int, int, int]] = []  # (ts, 0 single / 1 run, arrival number): the reference
     arrived = 0
     for step, arg in steps:
         if step == "hold":
             numbers = list(range(arrived, arrived + len(arg)))
             arrived += len(arg)
             gate.hold_run(list(arg), numbers) if len(arg) > 1 else gate.hold(arg[0], numbers[0])
-            held += zip(arg, numbers)
+            held += [(ts, int(len(arg) > 1), n) for ts, n in zip(arg, numbers)]
         elif step == "release":
-            expected = [n for ts, n in sorted(held) if ts < arg]
+            expected = [n for ts, _, n in sorted(held) if ts < arg]
             assert gate.release(arg) == expected
-            held = [(ts, n) for ts, n in held if ts >= arg]
+            held = [h for h in held if h[0] >= arg]
         else:
             gate.drop(lambda n: n % 5 == arg)
-            held = [(ts, n) for ts, n in held if n % 5 != arg]
+            held = [h for h in held if h[2] % 5 != arg]
         assert len(gate) == len(held)
-    assert gate.release(AHEAD) == [n for _, n in sorted(held)]
+        assert gate.oldest() == (min(h[0] for h in held) if held else None)
+    assert gate.release(AHEAD) == [n for _, _, n in sorted(held)]
