@@ -210,11 +210,12 @@ class Engine:
         return out + self._settle()
 
     def on_snapshot(self, snapshot: Snapshot) -> list[Event]:
-        book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
-        if book.as_of is not None and snapshot.as_of < book.as_of:
+        known = self.books.get(snapshot.portfolio_id)
+        if known is not None and known.as_of is not None and snapshot.as_of < known.as_of:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
-        out = self._advance(snapshot.as_of)
+        out = self._advance(snapshot.as_of)  # the window before it is judged without it
+        book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
         self.exposures.moved(snapshot.portfolio_id)
@@ -346,17 +347,19 @@ class Engine:
         books = []
         for pid in pids:
             book, policy = self.books.get(pid), self.policies.get(pid)
-            if book is not None and policy is not None:
+            if book is not None and book.as_of is not None and policy is not None:
                 model = self._risk_model(policy) if policy.uses_risk else None
                 books.append((book, policy, model if isinstance(model, RiskModel) else None))
         return self.exposures.value(books, self.instruments, self.prices)
 
     def _evaluate(self, portfolio_id: str, ts: Micros, row: Row | None) -> list[Event]:
-        ts = max(ts, self.clock.get(portfolio_id, 0))
-        self.clock[portfolio_id] = ts
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
-        if book is None or policy is None:
-            return []
+        # Never before the snapshot in force: a book touched by a policy, reference data or a risk
+        # model before anything with an event time has no clock yet (0, 1970).
+        ts = max(ts, self.clock.get(portfolio_id, 0), book.as_of if book is not None and book.as_of else 0)
+        self.clock[portfolio_id] = ts
+        if book is None or book.as_of is None or policy is None:
+            return []  # without a snapshot its holdings are unknown (fills alone are not a book)
         watch = self.watches.get(portfolio_id) or self.watches.setdefault(portfolio_id, Watch())
         watch.clock = ts
         if row is not None and not row.ok:
