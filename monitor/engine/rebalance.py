@@ -15,7 +15,9 @@ Pure: a policy, a valued book, reference data and prices in; a Proposal out. The
   have no rule. Limits go in policy order, each re-measured on the hypothetical state, in
   passes (at most 10), because a later limit's trades can move an earlier one.
 - Notionals become orders: units rounded to the nearest lot, capped at max_participation x ADV
-  (the rest deferred); no ADV: skipped, or capped at a notional. Trades under min_notional drop.
+  (the rest deferred); no ADV: skipped, or capped at a notional. What is left under min_notional
+  is dropped: listed as `dropped_quantity` (and warned), neither traded nor deferred, so
+  quantity + deferred + dropped is always the whole need.
 - Cost = notional x (spread_bps / 2 / 1e4 + impact_coefficient x daily_vol x sqrt(qty / ADV)).
 - After-estimates re-measure every limit with the final orders at current prices. When the
   policy values drift, a proposal costing more than the value of the drift it removes is withheld.
@@ -48,8 +50,9 @@ class Trade:
     est_cost_base: float
     est_cost_bps: float
     participation: float | None  # quantity / ADV; None without ADV
-    deferred_quantity: float  # unsigned units still needed but not proposed now
+    deferred_quantity: float  # unsigned units still needed but not proposed now (liquidity)
     note: str | None  # why quantity differs from the need, else None
+    dropped_quantity: float = 0.0  # unsigned units not proposed because under min_notional; not deferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,12 +239,13 @@ def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: Reb
     deferred = (need - n) * lot
     if deferred:
         notes.append(f"{why}: {_fmt(deferred)} deferred")
+    dropped = 0.0
     if n and n * lot * u < rb.min_notional:
         warnings.append(f"{iid}: {side} {_fmt(n * lot)} dropped, notional {n * lot * u:,.2f} "
                         f"below min_notional {rb.min_notional:,.2f}")
-        notes.append("below min_notional, dropped")
-        n = 0
-    if n == 0 and deferred == 0:
+        notes.append(f"{_fmt(n * lot)} below min_notional, dropped")
+        dropped, n = n * lot, 0
+    if n == 0 and deferred == 0 and dropped == 0:
         return None
     qty = n * lot
     notional = qty * u
@@ -255,8 +259,10 @@ def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: Reb
     if qty and missing:
         warnings.append(f"{iid}: estimated cost understated, no {' or '.join(missing)}")
     cost = spread + impact
-    return Trade(iid, side, qty, price, notional, cost, cost / notional * 1e4 if notional else 0.0,
-                 qty / adv if adv is not None else None, deferred, "; ".join(notes) or None)
+    return Trade(instrument_id=iid, side=side, quantity=qty, price=price, notional_base=notional,
+                 est_cost_base=cost, est_cost_bps=cost / notional * 1e4 if notional else 0.0,
+                 participation=qty / adv if adv is not None else None, deferred_quantity=deferred,
+                 note="; ".join(notes) or None, dropped_quantity=dropped)
 
 
 def _measure_all(policy: Policy, valuation: Valuation, instruments: Mapping[str, Instrument],

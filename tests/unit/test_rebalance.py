@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from monitor.engine import Book, Instrument, RiskModel, parse_policy
 from monitor.engine.policy import Band, Limit, Policy
 from monitor.engine.rebalance import Proposal, Trade, goal, propose
-from monitor.engine.valuation import PriceBook, value_book
+from monitor.engine.valuation import PriceBook, measure, value_book
 
 BIG_ADV = 1e12
 
@@ -181,10 +181,31 @@ def test_min_notional_drops_small_trades():
     # As the pro-rata case with min_notional 1,500: OXY's 1,200 is dropped (not deferred), so the bucket
     # ends at 27,000 + 16,200 - 12,000 = 31,200 -> 0.312, still above 0.30.
     p = run(policy([NET_ENERGY], min_notional=1_500), ENERGY, ENERGY_PX, ENERGY_POS, 24_000.0)
-    assert [t.instrument_id for t in p.trades] == ["CVX", "XOM"]
+    assert [(t.instrument_id, t.quantity, t.deferred_quantity, t.dropped_quantity) for t in p.trades] == [
+        ("CVX", 36, 0, 0), ("OXY", 0, 0, 24), ("XOM", 30, 0, 0)]
+    oxy = by_id(p)["OXY"]
+    assert (oxy.side, oxy.notional_base, oxy.est_cost_base, oxy.note) == ("SELL", 0, 0, "24 below min_notional, dropped")
     assert "OXY: SELL 24 dropped, notional 1,200.00 below min_notional 1,500.00" in p.warnings
     assert drifts(p)["net_weight:sector:Energy"][1] == pytest.approx(0.062)
     assert any(w.startswith("net_weight:sector:Energy still outside its band") for w in p.warnings)
+
+
+def test_capped_then_dropped_reports_traded_deferred_and_dropped_exactly():
+    # Issue 16's case: a need of 4,550 AAA (to target from 0.3455 at NAV 1,000,000: SELL 4,550 @ 10),
+    # ADV 2,000 x 10% = 200 now and 4,350 deferred; 200 @ 10 = 2,000 is under min_notional 5,000, so
+    # those 200 are dropped: 0 traded, 4,350 deferred, 200 dropped; nothing moves the book.
+    instruments = {"AAA": inst("AAA", adv=2_000), "BBB": inst("BBB")}
+    pol = policy([weight("AAA", 0.30, 0.02)], min_notional=5_000)
+    p = run(pol, instruments, {"AAA": (10.0, 1), "BBB": (10.0, 1)}, {"AAA": 34_550, "BBB": 65_450}, 0.0,
+            to_target=True)
+    [t] = p.trades
+    assert (t.side, t.quantity, t.deferred_quantity, t.dropped_quantity) == ("SELL", 0, 4_350, 200)
+    assert t.quantity + t.deferred_quantity + t.dropped_quantity == 4_550
+    assert (t.notional_base, t.est_cost_base) == (0, 0)
+    assert t.note == "capped at 10% of ADV 2,000: 4,350 deferred; 200 below min_notional, dropped"
+    assert "AAA: SELL 200 dropped, notional 2,000.00 below min_notional 5,000.00" in p.warnings
+    assert drifts(p) == {"weight:AAA": pytest.approx((0.0455, 0.0455))}  # what is proposed: nothing
+    assert p.total_notional_base == 0
 
 
 # -- 3. a factor exposure limit --------------------------------------------------------------
@@ -426,3 +447,29 @@ def test_edge_lands_inside_the_band_when_nothing_is_capped(prices, positions, ta
         assert -width - slack <= e.drift_after <= width + slack
         if abs(e.drift_before) <= width:  # inside already: not traded
             assert e.limit.instrument not in {t.instrument_id for t in p.trades}
+
+
+@settings(max_examples=80, deadline=None)
+@given(prices_st, positions_st, targets_st, st.floats(1_000.0, 1e6), st.floats(1.0, 1e5),
+       st.sampled_from([1.0, 10.0, 100.0]), st.floats(0.0, 50_000.0), st.sampled_from(["edge", "inner", "target"]))
+def test_after_estimates_are_what_the_proposed_quantities_do(prices, positions, targets, cash, adv, lot,
+                                                             min_notional, trade_to):
+    """Re-valuing the book with exactly the proposed quantities (not the deferred, not the dropped)
+    gives each limit's drift_after_est; a dropped quantity is never also traded, and was under
+    min_notional."""
+    instruments, px, pos, cash = _book(prices, positions, cash, adv=adv, lot_size=lot)
+    pol = policy([weight(iid, t, 0.02) for iid, t in zip(IDS, targets)], min_notional=min_notional,
+                 trade_to=trade_to)
+    p = run(pol, instruments, px, pos, cash)
+    after = dict(pos)
+    cash_after = cash
+    for t in p.trades:
+        signed = t.quantity if t.side == "BUY" else -t.quantity
+        after[t.instrument_id] = after.get(t.instrument_id, 0) + signed
+        cash_after -= signed * px[t.instrument_id][0]
+        if t.dropped_quantity:
+            assert t.quantity == 0 and t.dropped_quantity * px[t.instrument_id][0] < min_notional
+    valuation = value_book(Book("B1", positions=after, cash={"USD": cash_after}), "USD", instruments, px)
+    for e in p.limits:
+        assert e.drift_after == pytest.approx(measure(e.limit, valuation, instruments)[0] - e.limit.target,
+                                              rel=1e-9, abs=1e-9)
