@@ -209,7 +209,7 @@ def step(
     nothing until there is an event.)"""
     usage = limit.band.usage(actual - limit.target)
     if state.alert_id is None:
-        if not usage > 1.0:
+        if not evaluation.outside(usage):
             state.breach_since = None
             return None
         if state.breach_since is None:
@@ -223,7 +223,7 @@ def step(
         return _limit_event(state, "OPEN", severity or "BREACH", portfolio_id, limit, policy_version, actual, ts,
                             inputs)
 
-    if usage <= 1.0 - evaluation.hysteresis:
+    if evaluation.resolves(usage):
         resolved = _limit_event(state, "RESOLVED", state.severity or "BREACH",  # the severity it had when it ended
                                 portfolio_id, limit, policy_version, actual, ts, inputs)
         state.breach_since = state.alert_id = state.opened_ts = state.severity = None

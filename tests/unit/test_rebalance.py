@@ -31,9 +31,11 @@ def weight(iid: str, target: float, width: float) -> dict[str, Any]:
     return {"metric": "weight", "instrument": iid, "target": target, "band": {"width": width}}
 
 
-def policy(limits: list[dict[str, Any]], **rebalance: Any) -> Policy:
+def policy(limits: list[dict[str, Any]], hysteresis: float = 0.0, **rebalance: Any) -> Policy:
+    """Hysteresis 0 unless said: `edge` is then the band edge itself, as the hand arithmetic below
+    assumes (with hysteresis h it is h of the band further in, tested on its own)."""
     return parse_policy({"portfolio_id": "B1", "version": 1, "base_currency": "USD", "limits": limits,
-                         "rebalance": rebalance}, "test")
+                         "evaluation": {"hysteresis": hysteresis}, "rebalance": rebalance}, "test")
 
 
 def run(pol: Policy, instruments: Mapping[str, Instrument], prices: PriceBook, positions: Mapping[str, float],
@@ -57,18 +59,32 @@ def drifts(p: Proposal) -> dict[str, tuple[float, float | None]]:
 
 def test_goal_edge_inner_target_and_asymmetric_bands():
     lim = Limit("w", "weight", 0.60, Band(0.05, 0.05), instrument="A")  # band [0.55, 0.65]
-    assert goal(lim, 0.66, "edge", 0.5) == pytest.approx(0.65)
-    assert goal(lim, 0.54, "edge", 0.5) == pytest.approx(0.55)
-    assert goal(lim, 0.62, "edge", 0.5) == 0.62  # inside: no trade
-    assert goal(lim, 0.66, "inner", 0.5) == pytest.approx(0.625)  # rail 0.65 + 0.5 * (0.60 - 0.65)
-    assert goal(lim, 0.63, "inner", 0.5) == pytest.approx(0.625)  # inside the band but beyond the rail
-    assert goal(lim, 0.61, "inner", 0.5) == 0.61
-    assert goal(lim, 0.54, "inner", 0.2) == pytest.approx(0.56)  # 0.55 + 0.2 * 0.05
-    assert goal(lim, 0.66, "target", 0.5) == 0.60
+    assert goal(lim, 0.66, "edge", 0.5, 0.0) == pytest.approx(0.65)
+    assert goal(lim, 0.54, "edge", 0.5, 0.0) == pytest.approx(0.55)
+    assert goal(lim, 0.62, "edge", 0.5, 0.0) == 0.62  # inside: no trade
+    assert goal(lim, 0.66, "inner", 0.5, 0.0) == pytest.approx(0.625)  # rail 0.65 + 0.5 * (0.60 - 0.65)
+    assert goal(lim, 0.63, "inner", 0.5, 0.0) == pytest.approx(0.625)  # inside the band but beyond the rail
+    assert goal(lim, 0.61, "inner", 0.5, 0.0) == 0.61
+    assert goal(lim, 0.54, "inner", 0.2, 0.0) == pytest.approx(0.56)  # 0.55 + 0.2 * 0.05
+    assert goal(lim, 0.66, "target", 0.5, 0.2) == 0.60
     skew = Limit("s", "weight", 0.60, Band(0.02, 0.08), instrument="A")  # band [0.58, 0.68]
-    assert goal(skew, 0.70, "edge", 0.5) == pytest.approx(0.68)
-    assert goal(skew, 0.57, "edge", 0.5) == pytest.approx(0.58)
-    assert goal(skew, 0.57, "inner", 0.5) == pytest.approx(0.59)
+    assert goal(skew, 0.70, "edge", 0.5, 0.0) == pytest.approx(0.68)
+    assert goal(skew, 0.57, "edge", 0.5, 0.0) == pytest.approx(0.58)
+    assert goal(skew, 0.57, "inner", 0.5, 0.0) == pytest.approx(0.59)
+
+
+def test_edge_is_where_the_alert_resolves_and_inner_is_never_short_of_it():
+    lim = Limit("w", "weight", 0.60, Band(0.05, 0.05), instrument="A")  # band [0.55, 0.65]
+    # hysteresis 0.2: an alert resolves at |drift| <= 0.8 x 0.05 = 0.04, so edge is 0.64 / 0.56.
+    assert goal(lim, 0.66, "edge", 0.5, 0.2) == pytest.approx(0.64)
+    assert goal(lim, 0.54, "edge", 0.5, 0.2) == pytest.approx(0.56)
+    assert goal(lim, 0.645, "edge", 0.5, 0.2) == pytest.approx(0.64)  # inside the band, still open
+    assert goal(lim, 0.635, "edge", 0.5, 0.2) == 0.635  # would resolve as it is
+    assert goal(lim, 0.66, "inner", 0.5, 0.2) == pytest.approx(0.625)  # the rail is further in
+    assert goal(lim, 0.66, "inner", 0.1, 0.2) == pytest.approx(0.64)  # rail 0.645 is short of 0.64
+    skew = Limit("s", "weight", 0.60, Band(0.02, 0.08), instrument="A")  # band [0.58, 0.68]
+    assert goal(skew, 0.70, "edge", 0.5, 0.25) == pytest.approx(0.66)  # 0.60 + 0.75 x 0.08
+    assert goal(skew, 0.57, "edge", 0.5, 0.25) == pytest.approx(0.585)  # 0.60 - 0.75 x 0.02
 
 
 # -- 1. a 60/40 book drifted to 66/34 ------------------------------------------------------
@@ -112,16 +128,34 @@ def test_only_the_named_limits_move():
     assert [e.limit.limit_id for e in p.limits] == ["weight:AAA"]
 
 
-def test_lot_rounding_to_the_nearest_lot_is_noted():
-    # inner: need SELL 35 AAA in lots of 25 -> 1.4 lots -> 25; BUY 70 BBB in lots of 100 -> 0.7 lots -> 100.
-    # After: AAA 635 * 100 = 63,500 (0.635); BBB 780 * 50 = 39,000 (0.39).
+def test_lot_rounding_never_stops_short_of_the_goal_and_is_noted():
+    # inner: need SELL 35 AAA in lots of 25 -> 1.4 lots -> up to 2 = 50; BUY 70 BBB in lots of 100 -> 100.
+    # After: AAA 610 * 100 = 61,000 (0.61); BBB 780 * 50 = 39,000 (0.39): both past their 0.625 / 0.375 rails.
     instruments = {"AAA": inst("AAA", lot_size=25), "BBB": inst("BBB", lot_size=100)}
     p = run(policy(SIXTY_FORTY, trade_to="inner"), instruments, TWO_PX, TWO_POS, 0.0)
     t = by_id(p)
-    assert (t["AAA"].quantity, t["AAA"].note) == (25, "rounded to lots of 25 from 35")
+    assert (t["AAA"].quantity, t["AAA"].note) == (50, "rounded to lots of 25 from 35")
     assert (t["BBB"].quantity, t["BBB"].note) == (100, "rounded to lots of 100 from 70")
-    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.035)
+    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.01)
     assert drifts(p)["weight:BBB"][1] == pytest.approx(-0.01)
+
+
+def test_lot_rounding_to_target_is_to_the_nearest_lot():
+    # target: SELL 60 AAA in lots of 25 -> 2.4 lots -> 2 = 50; BUY 120 BBB in lots of 100 -> 1.2 -> 100.
+    instruments = {"AAA": inst("AAA", lot_size=25), "BBB": inst("BBB", lot_size=100)}
+    p = run(policy(SIXTY_FORTY, trade_to="target"), instruments, TWO_PX, TWO_POS, 0.0)
+    assert [(t.instrument_id, t.quantity) for t in p.trades] == [("AAA", 50), ("BBB", 100)]
+    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.01)
+
+
+def test_a_targeted_proposal_that_would_leave_an_alert_open_says_so():
+    # AAA 0.66, hysteresis 0.2, edge 0.64 -> SELL 20; with ADV 100 only 10 now: AAA ends at 0.65,
+    # inside its band but at usage 1.0 > 0.8, so its alert would not resolve.
+    instruments = {"AAA": inst("AAA", adv=100), "BBB": inst("BBB")}
+    p = run(policy(SIXTY_FORTY, hysteresis=0.2), instruments, TWO_PX, TWO_POS, 0.0, limit_ids=["weight:AAA"])
+    assert [(t.instrument_id, t.quantity, t.deferred_quantity) for t in p.trades] == [("AAA", 10, 10)]
+    assert p.warnings == ("weight:AAA would stay open after the trades: band usage 1, resolves at 0.8; "
+                          "some quantity is deferred",)
 
 
 # -- 2. a sector net_weight limit ----------------------------------------------------------
