@@ -67,6 +67,9 @@ class Evaluation:
     stale_price: Micros = 300_000_000
     warn_fraction: float = 0.8
     critical_multiple: float = 2.0
+    # A snapshot differing from what the monitor held by more than these is a reconciliation break.
+    reconciliation_quantity: float = 0.0  # units of an instrument
+    reconciliation_cash: float = 0.01  # units of a cash currency
 
     def resolves(self, usage: float) -> bool:
         """Whether an open alert at this band usage resolves: back inside by the hysteresis margin. A
@@ -183,6 +186,8 @@ def parse_policy(doc: Mapping[str, Any], source: str) -> Policy:
         stale_price=round(float(ev.get("stale_price_seconds", 300)) * 1_000_000),
         warn_fraction=float(ev.get("warn_fraction", 0.8)),
         critical_multiple=float(ev.get("critical_multiple", 2.0)),
+        reconciliation_quantity=float(ev.get("reconciliation_quantity_tolerance", 0.0)),
+        reconciliation_cash=float(ev.get("reconciliation_cash_tolerance", 0.01)),
     )
     if not 0 <= evaluation.hysteresis < 1:
         raise PolicyError(source, "/evaluation/hysteresis", "must be in [0, 1)")

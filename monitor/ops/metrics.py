@@ -13,7 +13,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.engine import BookStatus
+from monitor.engine import AlertEvent, BookStatus
 
 EVENTS_CONSUMED = Counter("monitor_events_consumed", "Input messages consumed, by logical topic", ["topic"])
 DLQ_MESSAGES = Counter("monitor_dlq_messages", "Messages sent to the dead-letter topic, by source topic and reason",
@@ -40,6 +40,16 @@ GATE_HELD = Gauge("monitor_gate_held_events",
 UNREFERENCED_PRICES = Counter("monitor_unreferenced_prices",
                               "Prices of instruments without reference data (kept, used once it arrives)")
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
+RECONCILIATION_BREAKS = Counter("monitor_reconciliation_breaks",
+                                "Position snapshots that differ from what the monitor held for their as_of "
+                                "(RECONCILIATION_BREAK alerts opened)")
+
+
+def alert_emitted(event: AlertEvent) -> None:
+    """Count an alert event as it leaves: by severity and state, and a reconciliation break as it opens."""
+    ALERTS_EMITTED.labels(event.severity, event.state).inc()
+    if event.kind == "RECONCILIATION_BREAK" and event.state == "OPEN":
+        RECONCILIATION_BREAKS.inc()
 
 
 def publish_book(portfolio_id: str, status: BookStatus) -> None:
