@@ -167,3 +167,33 @@ def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_pa
                                     and len(b["fills"]) == 2 for b in r))
     final = [b for b in records if b["portfolio_id"] == "P-LOOP"][-1]
     assert final["positions"] == {"A": 531.0, "B": 992.0} and final["cash"] == {"USD": 60.0}
+
+
+def test_closed_loop_to_the_edge_with_lots_resolves_at_the_default_hysteresis(worker, settings, tmp_path):
+    """Issue 16: `trade_to: edge` once left its alerts open for good (the band edge is usage 1.0, an
+    alert resolves at 1 - hysteresis = 0.8). Edge is now where the alert resolves: at A 140 (67.7% /
+    32.3% of NAV 124,000) the goals are 64% and 36%: SELL 4,640 / 140 = 33.1 -> 34 A, BUY 4,640 / 50 =
+    92.8 -> 95 B in lots of 5 (rounded up, never short). Executed by `monitor paper-trade`, both resolve:
+    A 566 x 140 = 79,240 (63.90%), B 895 x 50 = 44,750 (36.09%)."""
+    pid = "P-EDGE"
+    messages = market(book(pid, {"trade_to": "edge"}))
+    messages[1] = ("instruments", "B", {**instrument("B"), "lot_size": 5})
+    produce(settings, messages)
+    trader = spawn([sys.executable, "-m", "monitor", "paper-trade"], env=worker_env(settings),
+                   log_path=tmp_path / "paper.log")
+    try:
+        time.sleep(1.0)
+        produce(settings, [price_a(140.0, 1.0)])
+        [signal] = wait_for_signals(settings, lambda r: len(r) >= 1)
+        alerts = consume(settings, "drift-alerts", lambda r: sum(a["state"] == "RESOLVED" for a in r) >= 2,
+                         timeout=60)
+    finally:
+        terminate(trader)
+    assert (signal["state"], signal["trade_to"], signal["warnings"]) == ("AUTO_APPROVED", "edge", [])
+    assert [(t["instrument_id"], t["side"], t["quantity"]) for t in signal["trades"]] == [
+        ("A", "SELL", 34.0), ("B", "BUY", 95.0)]
+    assert [(a["limit_id"], a["state"]) for a in alerts] == [
+        ("weight:A", "OPEN"), ("weight:B", "OPEN"), ("weight:A", "RESOLVED"), ("weight:B", "RESOLVED")]
+    resolved = {a["limit_id"]: a["actual"] for a in alerts if a["state"] == "RESOLVED"}
+    assert resolved == {"weight:A": pytest.approx(79_240 / 124_000), "weight:B": pytest.approx(44_750 / 124_000)}
+    assert sorted(signal["alert_ids"]) == sorted(a["alert_id"] for a in alerts if a["state"] == "OPEN")
