@@ -137,21 +137,28 @@ def test_expiry_and_supersession(worker, settings):
     assert dead["reason_code"] == "signal_decided" and "SUPERSEDED" in dead["reason"]
 
 
-def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_path):
-    """A breach leads to an AUTO_APPROVED signal; `monitor paper-trade` (its own process, a real
-    client) executes it; the fills come back through the worker; the alerts resolve."""
-    produce(settings, market(book("P-LOOP", {})))
+def rally_with_paper_trader(settings, tmp_path) -> tuple[dict, list[dict]]:
+    """With `monitor paper-trade` running (its own process, a real client), A rallies to 140: the
+    book's one signal, and its alerts once two have resolved."""
     trader = spawn([sys.executable, "-m", "monitor", "paper-trade"], env=worker_env(settings),
                    log_path=tmp_path / "paper.log")
     try:
         time.sleep(1.0)
         produce(settings, [price_a(140.0, 1.0)])
         [signal] = wait_for_signals(settings, lambda r: len(r) >= 1)
-        assert signal["state"] == "AUTO_APPROVED"
         alerts = consume(settings, "drift-alerts", lambda r: sum(a["state"] == "RESOLVED" for a in r) >= 2,
                          timeout=60)
     finally:
         terminate(trader)
+    return signal, alerts
+
+
+def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_path):
+    """A breach leads to an AUTO_APPROVED signal; `monitor paper-trade` (its own process, a real
+    client) executes it; the fills come back through the worker; the alerts resolve."""
+    produce(settings, market(book("P-LOOP", {})))
+    signal, alerts = rally_with_paper_trader(settings, tmp_path)
+    assert signal["state"] == "AUTO_APPROVED"
     assert [(a["limit_id"], a["state"]) for a in alerts] == [
         ("weight:A", "OPEN"), ("weight:B", "OPEN"), ("weight:A", "RESOLVED"), ("weight:B", "RESOLVED")]
     fills = consume(settings, "fills", lambda r: len(r) >= 2)
@@ -179,16 +186,7 @@ def test_closed_loop_to_the_edge_with_lots_resolves_at_the_default_hysteresis(wo
     messages = market(book(pid, {"trade_to": "edge"}))
     messages[1] = ("instruments", "B", {**instrument("B"), "lot_size": 5})
     produce(settings, messages)
-    trader = spawn([sys.executable, "-m", "monitor", "paper-trade"], env=worker_env(settings),
-                   log_path=tmp_path / "paper.log")
-    try:
-        time.sleep(1.0)
-        produce(settings, [price_a(140.0, 1.0)])
-        [signal] = wait_for_signals(settings, lambda r: len(r) >= 1)
-        alerts = consume(settings, "drift-alerts", lambda r: sum(a["state"] == "RESOLVED" for a in r) >= 2,
-                         timeout=60)
-    finally:
-        terminate(trader)
+    signal, alerts = rally_with_paper_trader(settings, tmp_path)
     assert (signal["state"], signal["trade_to"], signal["warnings"]) == ("AUTO_APPROVED", "edge", [])
     assert [(t["instrument_id"], t["side"], t["quantity"]) for t in signal["trades"]] == [
         ("A", "SELL", 34.0), ("B", "BUY", 95.0)]
