@@ -361,7 +361,8 @@ class Engine:
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
         # Never before the snapshot in force: a book touched by a policy, reference data or a risk
         # model before anything with an event time has no clock yet (0, 1970).
-        ts = max(ts, self.clock.get(portfolio_id, 0), book.as_of if book is not None and book.as_of else 0)
+        as_of = book.as_of if book is not None and book.as_of is not None else 0
+        ts = max(ts, self.clock.get(portfolio_id, 0), as_of)
         self.clock[portfolio_id] = ts
         if book is None or book.as_of is None or policy is None:
             return []  # without a snapshot its holdings are unknown (fills alone are not a book)
@@ -506,11 +507,11 @@ class Engine:
     # -- reconciliation ---------------------------------------------------------------
 
     def _reconcile(self, book: Book, snapshot: Snapshot) -> list[Event]:
-        """A later snapshot against what the book held as of its as_of: a RECONCILIATION_BREAK opens when
-        they differ and resolves at the next snapshot that agrees (a break on a break resolves the old
-        and opens the new). It never holds the snapshot back. Only for a book with a policy (its
-        tolerances, its version) and a snapshot in force before an older as_of (the first snapshot has
-        nothing to compare with; one at the same as_of restates or re-delivers the books in force)."""
+        """A snapshot against what the book held as of its as_of: a RECONCILIATION_BREAK opens when they
+        differ and resolves at the next snapshot that agrees (a break on a break resolves the old and
+        opens the new). It never holds the snapshot back. Only a snapshot later than the one in force
+        (the first has nothing to compare with; one at the same as_of restates or re-delivers the books
+        in force), of a book with a policy (the tolerances and the version are the policy's)."""
         pid, policy = book.portfolio_id, self.policies.get(book.portfolio_id)
         if policy is None or book.as_of is None or snapshot.as_of <= book.as_of:
             return []
