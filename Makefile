@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DEMO_SECONDS
 
-.PHONY: demo test unit integration install kafka bench clean
+.PHONY: demo test unit integration faults install kafka bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
@@ -31,6 +31,11 @@ unit: $(STAMP)
 
 integration: kafka
 	$(BIN)/python -m pytest -q tests/integration
+
+# The fault suite at length: more kill -9 trials on longer fill bursts than `make test` runs.
+faults: kafka
+	MONITOR_FAULT_TRIALS=$${MONITOR_FAULT_TRIALS:-10} MONITOR_FAULT_FILLS=$${MONITOR_FAULT_FILLS:-2000} \
+		$(BIN)/python -m pytest -q tests/integration/test_faults.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .monitor-data .demo

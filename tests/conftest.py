@@ -106,7 +106,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
             "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": settings.data_dir,
-            "MONITOR_SESSION_TIMEOUT_S": str(settings.session_timeout_s),
+            "MONITOR_SESSION_TIMEOUT_S": str(settings.session_timeout_s), "MONITOR_STALL_EXIT_S": str(settings.stall_exit_s),
             "MONITOR_LOG_FORMAT": "console", "MONITOR_LOG_LEVEL": "info"}
 
 

@@ -10,18 +10,21 @@ amount, so a lost or doubled fill shows in NAV as well as in positions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
 import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer
 
 from monitor.engine import Engine, format_ts
+from monitor.stream.worker import EXIT_STALLED
 from monitor.ops.config import Settings
 from monitor.replay import Replay, write_events
 
@@ -208,3 +211,40 @@ def wait_for(check: Callable[[], str | None], timeout: float, poll: float = 0.5)
             raise AssertionError(f"after {timeout:.0f} s: {wrong}")
         time.sleep(poll)
         wrong = check()
+
+
+class Supervised:
+    """A worker run as a supervisor (systemd, Kubernetes) runs it: one that exits with EXIT_STALLED
+    (its book stream stopped delivering, see `Worker._warn_if_stalled`) is started again, at most
+    `restarts` times; any other exit fails the test. `restarted` counts the restarts."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str, restarts: int = 2) -> None:
+        self.settings, self.log_dir, self.name, self.restarts = settings, log_dir, name, restarts
+        self.restarted = 0
+        self._stack = contextlib.ExitStack()
+        self.worker: Any = None
+
+    def __enter__(self) -> "Supervised":
+        self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _start(self) -> None:
+        from tests.conftest import running_worker
+
+        log = self.log_dir / f"{self.name}-{self.restarted}.log"
+        self.worker = self._stack.enter_context(running_worker(self.settings, log))
+
+    def alive(self) -> Any:
+        """The worker, restarted if it exited stalled."""
+        proc = self.worker.proc
+        code = proc.poll() if proc is not None else None
+        if code is None:
+            return self.worker
+        if code != EXIT_STALLED or self.restarted >= self.restarts:
+            raise AssertionError(f"worker exited with {code}:\n{self.worker.log()[-3000:]}")
+        self.restarted += 1
+        self._start()
+        return self.worker

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from monitor.engine.model import Micros, format_ts
 from monitor.engine.policy import Evaluation, Limit
+
+if TYPE_CHECKING:
+    from monitor.engine.reconcile import Reconciliation
 
 PERCENT_METRICS = frozenset({"weight", "net_weight", "gross_weight", "long_weight", "short_weight",
                              "risk_contribution", "drawdown"})
@@ -107,7 +110,7 @@ class Attribution:
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
     """One lifecycle event of an alert on a limit (kind LIMIT) or on the book itself
-    (DATA_STALE, NAV_NON_POSITIVE)."""
+    (DATA_STALE, NAV_NON_POSITIVE, RECONCILIATION_BREAK)."""
 
     alert_id: str
     state: str  # OPEN, ESCALATED, DEESCALATED, RESOLVED
@@ -128,6 +131,7 @@ class AlertEvent:
     reason: str | None = None
     stale_instruments: tuple[str, ...] = ()
     attribution: Attribution | None = None
+    reconciliation: "Reconciliation | None" = None  # RECONCILIATION_BREAK only: the snapshot and its breaks
 
     @property
     def drift(self) -> float | None:
@@ -147,7 +151,7 @@ class AlertEvent:
         }
         if self.stale_instruments:
             inputs["stale_instruments"] = list(self.stale_instruments)
-        return {
+        message: dict[str, Any] = {
             "schema_version": 1,
             "event_id": self.event_id,
             "alert_id": self.alert_id,
@@ -172,6 +176,9 @@ class AlertEvent:
             "reason": self.reason,
             "message": self.summary(),
         }
+        if self.reconciliation is not None:
+            message["reconciliation"] = self.reconciliation.to_message()
+        return message
 
     def summary(self) -> str:
         head = f"{self.state} {self.severity} {self.portfolio_id} {self.limit_id}"
@@ -209,7 +216,7 @@ def step(
     nothing until there is an event.)"""
     usage = limit.band.usage(actual - limit.target)
     if state.alert_id is None:
-        if not usage > 1.0:
+        if not evaluation.outside(usage):
             state.breach_since = None
             return None
         if state.breach_since is None:
@@ -223,7 +230,7 @@ def step(
         return _limit_event(state, "OPEN", severity or "BREACH", portfolio_id, limit, policy_version, actual, ts,
                             inputs)
 
-    if usage <= 1.0 - evaluation.hysteresis:
+    if evaluation.resolves(usage):
         resolved = _limit_event(state, "RESOLVED", state.severity or "BREACH",  # the severity it had when it ended
                                 portfolio_id, limit, policy_version, actual, ts, inputs)
         state.breach_since = state.alert_id = state.opened_ts = state.severity = None

@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, NamedTuple
 
-from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, step
+from monitor.engine.alerts import AlertEvent, Inputs, LimitState, condition_step, digest, step
 from monitor.engine.book import Book
 from monitor.engine.exposure import Exposures, Row
-from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot
+from monitor.engine.model import Fill, Instrument, Micros, Price, Rejected, RiskModel, Snapshot, format_ts
 from monitor.engine.policy import SEVERITY_RANK, Limit, Policy
 from monitor.engine.rebalance import propose
+from monitor.engine.reconcile import Reconciliation, held_as_of, reconcile
 from monitor.engine.signals import Decision, SignalEvent, SignalLedger, signal_body
 from monitor.engine.valuation import RiskDecomposition, Valuation, decompose_risk, measure, value_book
 
@@ -32,6 +33,7 @@ Event = AlertEvent | SignalEvent
 STALE_SWEEP: Micros = 1_000_000  # how often (in market event time) books are checked for stale prices
 STALE_LIMIT_ID = "book:stale_prices"
 NAV_LIMIT_ID = "book:nav"
+RECONCILIATION_LIMIT_ID = "book:reconciliation"
 
 
 class BookStatus(NamedTuple):
@@ -93,6 +95,7 @@ class Watch:
     peak_nav: float | None = None
     clock: Micros = 0  # event time of the last evaluation: the state is as of then
     signals: SignalLedger = field(default_factory=SignalLedger)
+    reconciliation: LimitState = field(default_factory=LimitState)  # the open RECONCILIATION_BREAK, if any
     quiet: Quiet | None = field(default=None, repr=False, compare=False)
     # Indexes of the policy's limits that are not quiet (or never measured); None: not known yet.
     loud: set[int] | None = field(default=None, repr=False, compare=False)
@@ -126,13 +129,14 @@ class Watch:
     def to_dict(self) -> dict[str, Any]:
         return {"limits": {k: v.to_dict() for k, v in self.limits.items()}, "stale": self.stale.to_dict(),
                 "nav": self.nav.to_dict(), "peak_nav": self.peak_nav, "clock": self.clock,
-                "signals": self.signals.to_dict()}
+                "signals": self.signals.to_dict(), "reconciliation": self.reconciliation.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Watch":
         return cls({k: LimitState.from_dict(v) for k, v in d["limits"].items()},
                    LimitState.from_dict(d["stale"]), LimitState.from_dict(d["nav"]), d["peak_nav"], d["clock"],
-                   SignalLedger.from_dict(d.get("signals")))
+                   SignalLedger.from_dict(d.get("signals")),
+                   LimitState.from_dict(d["reconciliation"]) if "reconciliation" in d else LimitState())
 
 
 class Engine:
@@ -221,12 +225,14 @@ class Engine:
         return out + self._settle()
 
     def on_snapshot(self, snapshot: Snapshot) -> list[Event]:
-        book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
-        if book.as_of is not None and snapshot.as_of < book.as_of:
+        known = self.books.get(snapshot.portfolio_id)
+        if known is not None and known.as_of is not None and snapshot.as_of < known.as_of:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
-        out = self._advance(snapshot.as_of)
+        out = self._advance(snapshot.as_of)  # the window before it is judged without it
         self._changed.add(snapshot.portfolio_id)
+        book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
+        out += self._reconcile(book, snapshot)
         self._keep_positions(book)
         book.apply_snapshot(snapshot, self.instruments.__getitem__)
         self.exposures.moved(snapshot.portfolio_id)
@@ -380,17 +386,20 @@ class Engine:
         books = []
         for pid in pids:
             book, policy = self.books.get(pid), self.policies.get(pid)
-            if book is not None and policy is not None:
+            if book is not None and book.as_of is not None and policy is not None:
                 model = self._risk_model(policy) if policy.uses_risk else None
                 books.append((book, policy, model if isinstance(model, RiskModel) else None))
         return self.exposures.value(books, self.instruments, self.prices)
 
     def _evaluate(self, portfolio_id: str, ts: Micros, row: Row | None) -> list[Event]:
-        ts = max(ts, self.clock.get(portfolio_id, 0))
-        self.clock[portfolio_id] = ts
         book, policy = self.books.get(portfolio_id), self.policies.get(portfolio_id)
-        if book is None or policy is None:
-            return []
+        # Never before the snapshot in force: a book touched by a policy, reference data or a risk
+        # model before anything with an event time has no clock yet (0, 1970).
+        as_of = book.as_of if book is not None and book.as_of is not None else 0
+        ts = max(ts, self.clock.get(portfolio_id, 0), as_of)
+        self.clock[portfolio_id] = ts
+        if book is None or book.as_of is None or policy is None:
+            return []  # without a snapshot its holdings are unknown (fills alone are not a book)
         watch = self.watches.get(portfolio_id) or self.watches.setdefault(portfolio_id, Watch())
         watch.clock = ts
         if row is not None and not row.ok:
@@ -461,7 +470,7 @@ class Engine:
         if policy.rebalance is not None and judging and valuation.ok and nav > 0:
             out += self._rebalance(policy, book, valuation, watch, ts, triggered)
         open_alerts = len(watch.open_alerts(limits)) + (watch.stale.alert_id is not None) + \
-            (watch.nav.alert_id is not None)
+            (watch.nav.alert_id is not None) + (watch.reconciliation.alert_id is not None)
         self.status[portfolio_id] = BookStatus(
             nav=valuation.nav,
             largest_drift=worst[2] if worst else None,
@@ -528,6 +537,45 @@ class Engine:
         if len(self.risk_models) == 1:
             return next(iter(self.risk_models.values()))
         return f"policy names no risk model and {len(self.risk_models)} are known"
+
+    # -- reconciliation ---------------------------------------------------------------
+
+    def _reconcile(self, book: Book, snapshot: Snapshot) -> list[Event]:
+        """A snapshot against what the book held as of its as_of: a RECONCILIATION_BREAK opens when they
+        differ and resolves at the next snapshot that agrees (a break on a break resolves the old and
+        opens the new). It never holds the snapshot back. Only a snapshot later than the one in force
+        (the first has nothing to compare with; one at the same as_of restates or re-delivers the books
+        in force), of a book with a policy (the tolerances and the version are the policy's)."""
+        pid, policy = book.portfolio_id, self.policies.get(book.portfolio_id)
+        if policy is None or book.as_of is None or snapshot.as_of <= book.as_of:
+            return []
+        positions, cash = held_as_of(book.positions, book.cash, book.fills.values(), snapshot.as_of,
+                                     self.instruments.__getitem__)
+        found = reconcile(positions, cash, snapshot, policy.evaluation.reconciliation_quantity,
+                          policy.evaluation.reconciliation_cash)
+        state = (self.watches.get(pid) or self.watches.setdefault(pid, Watch())).reconciliation
+        out: list[Event] = []
+        if state.alert_id is not None:
+            reason = (f"superseded by the reconciliation as of {format_ts(snapshot.as_of)}" if found.breaks
+                      else f"the snapshot as of {format_ts(snapshot.as_of)} agrees with the monitor")
+            out.append(self._reconciliation_event(state, "RESOLVED", book, policy, Reconciliation(snapshot.as_of, ()),
+                                                  reason))
+            state.alert_id = state.opened_ts = None
+        if found.breaks:
+            state.alert_id, state.opened_ts = digest(pid, "RECONCILIATION_BREAK", snapshot.as_of), snapshot.as_of
+            out.append(self._reconciliation_event(state, "OPEN", book, policy, found, found.describe()))
+        return out
+
+    @staticmethod
+    def _reconciliation_event(state: LimitState, name: str, book: Book, policy: Policy, found: Reconciliation,
+                              reason: str) -> AlertEvent:
+        assert state.alert_id is not None and state.opened_ts is not None
+        return AlertEvent(alert_id=state.alert_id, state=name, kind="RECONCILIATION_BREAK",
+                          portfolio_id=book.portfolio_id, limit_id=RECONCILIATION_LIMIT_ID,
+                          metric="reconciliation_breaks", actual=float(len(found.breaks)), target=None, band=None,
+                          severity="BREACH", policy_version=policy.version, event_ts=found.as_of,
+                          opened_ts=state.opened_ts, inputs=Inputs(None, book.last_fill_id), reason=reason,
+                          reconciliation=found)
 
     # -- rebalance signals -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ FACTOR_METRICS = frozenset({"exposure"})
 RISK_METRICS = frozenset({"risk_contribution"})
 SEVERITIES = ("WARN", "BREACH", "CRITICAL")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}  # to compare severities
+USAGE_NOISE = 1e-9  # of a band: what float arithmetic may leave between a computed usage and an edge
 
 
 class PolicyError(ValueError):
@@ -66,6 +67,20 @@ class Evaluation:
     stale_price: Micros = 300_000_000
     warn_fraction: float = 0.8
     critical_multiple: float = 2.0
+    # A snapshot differing from what the monitor held by more than these is a reconciliation break.
+    reconciliation_quantity: float = 0.0  # units of an instrument
+    reconciliation_cash: float = 0.01  # units of a cash currency
+
+    def resolves(self, usage: float) -> bool:
+        """Whether an open alert at this band usage resolves: back inside by the hysteresis margin. A
+        billionth of a band of slack: a proposal that lands on that edge is not float noise short of it."""
+        return usage <= 1.0 - self.hysteresis + USAGE_NOISE
+
+    @staticmethod
+    def outside(usage: float) -> bool:
+        """Whether a limit is outside its band: the edge itself is inside, give or take float noise (with
+        hysteresis 0 a proposal lands on it, and must not re-open what it resolved)."""
+        return usage > 1.0 + USAGE_NOISE
 
     def severity(self, usage: float) -> str | None:
         """Severity of a band usage; None when comfortably inside the band."""
@@ -93,7 +108,7 @@ class RebalancePolicy:
     """How a book's proposals are made (the policy's `rebalance` section; see the policies schema)."""
 
     mode: str = "targeted"  # targeted | global | hybrid
-    trade_to: str = "edge"  # edge | inner | target (targeted proposals; global ones go to target)
+    trade_to: str = "edge"  # edge (where an alert resolves) | inner | target; global proposals go to target
     inner_fraction: float = 0.5  # inner rail: this fraction of the way from the band edge to the target
     min_severity: str = "BREACH"
     schedule: Micros | None = None  # period of the scheduled global check, in event time
@@ -171,6 +186,8 @@ def parse_policy(doc: Mapping[str, Any], source: str) -> Policy:
         stale_price=round(float(ev.get("stale_price_seconds", 300)) * 1_000_000),
         warn_fraction=float(ev.get("warn_fraction", 0.8)),
         critical_multiple=float(ev.get("critical_multiple", 2.0)),
+        reconciliation_quantity=float(ev.get("reconciliation_quantity_tolerance", 0.0)),
+        reconciliation_cash=float(ev.get("reconciliation_cash_tolerance", 0.01)),
     )
     if not 0 <= evaluation.hysteresis < 1:
         raise PolicyError(source, "/evaluation/hysteresis", "must be in [0, 1)")

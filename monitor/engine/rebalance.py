@@ -5,8 +5,9 @@ Pure: a policy, a valued book, reference data and prices in; a Proposal out. The
 - Trades are NAV-neutral: buying notional v (base currency) moves v from cash into the
   holding, so NAV stays `valuation.nav` and a weight moves by v / NAV. Estimated costs are
   reported, not deducted from the after-estimates.
-- Each limit goes from its actual to a `goal`, fixed before any trade: the band edge it
-  crossed, an inner rail between that edge and the target, or the target.
+- Each limit goes from its actual to a `goal`, fixed before any trade: the edge where its alert
+  resolves (the band edge it crossed, moved in by the hysteresis), an inner rail between the
+  band edge and the target (never short of the resolving edge), or the target.
 - Trades are first solved as base-currency notionals on hypothetical MVs, per metric:
   weight trades the instrument; net_weight a bucket hedge, else the bucket pro rata to |MV|;
   gross/long/short_weight and the leverages scale the holdings they sum by goal/actual;
@@ -14,8 +15,11 @@ Pure: a policy, a valued book, reference data and prices in; a Proposal out. The
   trade list over the holdings, v_i proportional to beta_i. drawdown and risk_contribution
   have no rule. Limits go in policy order, each re-measured on the hypothetical state, in
   passes (at most 10), because a later limit's trades can move an earlier one.
-- Notionals become orders: units rounded to the nearest lot, capped at max_participation x ADV
-  (the rest deferred); no ADV: skipped, or capped at a notional. Trades under min_notional drop.
+- Notionals become orders: units in whole lots (up to edge and inner, never short of the goal;
+  nearest to target), capped at max_participation x ADV
+  (the rest deferred); no ADV: skipped, or capped at a notional. What is left under min_notional
+  is dropped: listed as `dropped_quantity` (and warned), neither traded nor deferred, so
+  quantity + deferred + dropped is always the whole need.
 - Cost = notional x (spread_bps / 2 / 1e4 + impact_coefficient x daily_vol x sqrt(qty / ADV)).
 - After-estimates re-measure every limit with the final orders at current prices. When the
   policy values drift, a proposal costing more than the value of the drift it removes is withheld.
@@ -48,8 +52,9 @@ class Trade:
     est_cost_base: float
     est_cost_bps: float
     participation: float | None  # quantity / ADV; None without ADV
-    deferred_quantity: float  # unsigned units still needed but not proposed now
+    deferred_quantity: float  # unsigned units still needed but not proposed now (liquidity)
     note: str | None  # why quantity differs from the need, else None
+    dropped_quantity: float = 0.0  # unsigned units not proposed because under min_notional; not deferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +77,19 @@ class Proposal:
     withheld: str | None  # why the cost-benefit gate withholds it, else None
 
 
-def goal(limit: Limit, actual: float, trade_to: str, inner_fraction: float) -> float:
-    """Where a proposal moves a limit; a limit already at or inside its goal stays put."""
+def goal(limit: Limit, actual: float, trade_to: str, inner_fraction: float, hysteresis: float) -> float:
+    """Where a proposal moves a limit; a limit already at or inside its goal stays put.
+
+    `edge` is where an open alert resolves: the band edge on the side of the drift, shrunk by the
+    hysteresis (band usage 1 - hysteresis), so an executed proposal ends its alert. `inner` is the
+    rail `inner_fraction` of the way from the band edge to the target, never short of that edge."""
     target = limit.target
     if trade_to == "target":
         return target
     lo, hi = limit.band.bounds(target)
     above = actual > target
-    aim = hi if above else lo
-    if trade_to == "inner":
-        aim += inner_fraction * (target - aim)
+    usage = 1.0 - hysteresis if trade_to == "edge" else min(1.0 - hysteresis, 1.0 - inner_fraction)
+    aim = target + usage * ((hi if above else lo) - target)
     beyond = actual > aim if above else actual < aim
     return aim if beyond else actual
 
@@ -96,10 +104,10 @@ def _inside(value: float, limit: Limit) -> bool:
     return lo - TOL <= value <= hi + TOL
 
 
-def _lots(units: float, lot: float, floor: bool = False) -> int:
-    """Whole lots in `units` (>= 0): nearest (half up) or floor, after clearing float noise."""
+def _lots(units: float, lot: float, floor: bool = False, up: bool = False) -> int:
+    """Whole lots in `units` (>= 0): nearest (half up), floor or ceiling, after clearing float noise."""
     n = round(units / lot, 9)
-    return int(math.floor(n) if floor else math.floor(n + 0.5))
+    return int(math.floor(n) if floor else math.ceil(n) if up else math.floor(n + 0.5))
 
 
 def _unit_value(iid: str, policy: Policy, instruments: Mapping[str, Instrument],
@@ -214,12 +222,13 @@ def _solve(policy: Policy, goals: Sequence[tuple[Limit, float]], nav: float, mv:
 
 
 def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: RebalancePolicy,
-           warnings: list[str]) -> Trade | None:
-    """Units for notional v: nearest lot, capped by liquidity, dropped under min_notional; costed."""
+           warnings: list[str], round_up: bool) -> Trade | None:
+    """Units for notional v: whole lots (nearest, or up: never short of the goal), capped by
+    liquidity, dropped under min_notional; costed."""
     lot = inst.lot_size if inst.lot_size > 0 else 1.0
     side = "BUY" if v > 0 else "SELL"
     raw = abs(v) / u
-    need = _lots(raw, lot)
+    need = _lots(raw, lot, up=round_up)
     notes: list[str] = []
     if need and abs(need * lot - raw) > 1e-9 * max(1.0, raw):
         notes.append(f"rounded to lots of {_fmt(lot)} from {_fmt(raw)}")
@@ -236,12 +245,13 @@ def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: Reb
     deferred = (need - n) * lot
     if deferred:
         notes.append(f"{why}: {_fmt(deferred)} deferred")
+    dropped = 0.0
     if n and n * lot * u < rb.min_notional:
         warnings.append(f"{iid}: {side} {_fmt(n * lot)} dropped, notional {n * lot * u:,.2f} "
                         f"below min_notional {rb.min_notional:,.2f}")
-        notes.append("below min_notional, dropped")
-        n = 0
-    if n == 0 and deferred == 0:
+        notes.append(f"{_fmt(n * lot)} below min_notional, dropped")
+        dropped, n = n * lot, 0
+    if n == 0 and deferred == 0 and dropped == 0:
         return None
     qty = n * lot
     notional = qty * u
@@ -255,8 +265,10 @@ def _trade(iid: str, v: float, u: float, inst: Instrument, price: float, rb: Reb
     if qty and missing:
         warnings.append(f"{iid}: estimated cost understated, no {' or '.join(missing)}")
     cost = spread + impact
-    return Trade(iid, side, qty, price, notional, cost, cost / notional * 1e4 if notional else 0.0,
-                 qty / adv if adv is not None else None, deferred, "; ".join(notes) or None)
+    return Trade(instrument_id=iid, side=side, quantity=qty, price=price, notional_base=notional,
+                 est_cost_base=cost, est_cost_bps=cost / notional * 1e4 if notional else 0.0,
+                 participation=qty / adv if adv is not None else None, deferred_quantity=deferred,
+                 note="; ".join(notes) or None, dropped_quantity=dropped)
 
 
 def _measure_all(policy: Policy, valuation: Valuation, instruments: Mapping[str, Instrument],
@@ -274,6 +286,7 @@ def propose(policy: Policy, limit_ids: Sequence[str], to_target: bool, book: Boo
     rb = policy.rebalance
     assert rb is not None, "propose needs a policy with a rebalance section"
     warnings: list[str] = []
+    trade_to = "target" if to_target else rb.trade_to
     nav = valuation.nav
     if not valuation.ok or nav is None or nav <= 0:
         why = valuation.unavailable or f"NAV is {nav}"
@@ -289,7 +302,7 @@ def propose(policy: Policy, limit_ids: Sequence[str], to_target: bool, book: Boo
         if actual is None:
             warnings.append(f"{lim.limit_id}: cannot measure: {why}")
             continue
-        aim = goal(lim, actual, "target" if to_target else rb.trade_to, rb.inner_fraction)
+        aim = goal(lim, actual, trade_to, rb.inner_fraction, policy.evaluation.hysteresis)
         if lim.metric in _RULES:
             goals.append((lim, aim))
         elif abs(actual - aim) > TOL:
@@ -304,7 +317,7 @@ def propose(policy: Policy, limit_ids: Sequence[str], to_target: bool, book: Boo
         if u is None or isinstance(u, str):
             continue  # no trade; a str cannot happen: _deltas only trades priced instruments
         inst, price = instruments[iid], prices[iid][0]
-        trade = _trade(iid, v, u, inst, price, rb, warnings)
+        trade = _trade(iid, v, u, inst, price, rb, warnings, round_up=trade_to != "target")
         if trade is None:
             continue
         trades.append(trade)
@@ -334,6 +347,11 @@ def propose(policy: Policy, limit_ids: Sequence[str], to_target: bool, book: Boo
             warnings.append(f"would push {lim.limit_id} out of its band: {b:.6g} -> {a:.6g}, {band}")
         elif lim.limit_id in wanted and not inside_after:
             warnings.append(f"{lim.limit_id} still outside its band after the trades: {a:.6g}, {band}"
+                            + ("; some quantity is deferred" if deferred else ""))
+        elif lim.limit_id in wanted and not to_target and \
+                not policy.evaluation.resolves(usage := lim.band.usage(a - lim.target)):
+            warnings.append(f"{lim.limit_id} would stay open after the trades: band usage {usage:.4g}, "
+                            f"resolves at {1.0 - policy.evaluation.hysteresis:.4g}"
                             + ("; some quantity is deferred" if deferred else ""))
 
     notional = sum(t.notional_base for t in trades)

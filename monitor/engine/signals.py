@@ -215,7 +215,8 @@ def signal_body(policy: Policy, proposal: Proposal, trigger: str, mode: str, ale
         "trades": [{
             "instrument_id": t.instrument_id, "side": t.side, "quantity": t.quantity, "price": t.price,
             "notional_base": t.notional_base, "est_cost_base": t.est_cost_base, "est_cost_bps": t.est_cost_bps,
-            "participation": t.participation, "deferred_quantity": t.deferred_quantity, "note": t.note,
+            "participation": t.participation, "deferred_quantity": t.deferred_quantity,
+            "dropped_quantity": t.dropped_quantity, "note": t.note,
         } for t in proposal.trades],
         "limits": [{
             "limit_id": e.limit.limit_id, "metric": e.limit.metric, "target": e.limit.target,

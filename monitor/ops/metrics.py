@@ -13,7 +13,7 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from monitor.engine import BookStatus
+from monitor.engine import AlertEvent, BookStatus
 
 EVENTS_CONSUMED = Counter("monitor_events_consumed", "Input messages consumed, by logical topic", ["topic"])
 DLQ_MESSAGES = Counter("monitor_dlq_messages", "Messages sent to the dead-letter topic, by source topic and reason",
@@ -50,6 +50,16 @@ RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its 
                      "(start, rebalance, failover)")
 LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "
                         "(seen only until the exit; process_start_time_seconds shows the restart)", ["loop"])
+RECONCILIATION_BREAKS = Counter("monitor_reconciliation_breaks",
+                                "Position snapshots that differ from what the monitor held for their as_of "
+                                "(RECONCILIATION_BREAK alerts opened)")
+
+
+def alert_emitted(event: AlertEvent) -> None:
+    """Count an alert event as it leaves: by severity and state, and a reconciliation break as it opens."""
+    ALERTS_EMITTED.labels(event.severity, event.state).inc()
+    if event.kind == "RECONCILIATION_BREAK" and event.state == "OPEN":
+        RECONCILIATION_BREAKS.inc()
 
 
 def publish_book(portfolio_id: str, status: BookStatus) -> None:

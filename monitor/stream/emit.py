@@ -42,7 +42,7 @@ class Emitter:
             key, value = event.portfolio_id.encode(), encode(event.to_message(now))
             if isinstance(event, AlertEvent):
                 await self.alerts.send(key=key, value=value, force=True)
-                metrics.ALERTS_EMITTED.labels(event.severity, event.state).inc()
+                metrics.alert_emitted(event)
                 log.info("drift alert", alert_id=event.alert_id, summary=event.summary())
             else:
                 await self.signals.send(key=key, value=value, force=True)

@@ -20,6 +20,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
 from monitor.engine.model import Micros
 
 AHEAD: Micros = 2**62  # "read to the end": holds nothing back
@@ -159,6 +162,7 @@ class Progress:
         self.book_read: dict[Any, tuple[int, Micros]] = {}  # book partition -> (last offset, newest ts) read
         self.price_read: dict[int, Micros] = {}  # price partition -> newest price ts read
         self.market = MarketMark(0, 0, set())
+        self.book_start: dict[tuple[str, int], int] = {}  # book partition -> offset its reading started at
         self.recovered = False  # the book tables are recovered: the book stream can be judged
 
     def read_book(self, tp: Any, offset: int, ts: Micros | None) -> None:
@@ -174,11 +178,11 @@ class Progress:
             return 0
         mark = AHEAD
         for tp in consumer.assignment():
-            if tp.topic in self._book_topics and not self._book_caught_up(consumer, tp):
+            if tp.topic in self._book_topics and not self.book_caught_up(consumer, tp):
                 mark = min(mark, self.book_read.get(tp, (0, 0))[1])
         return mark
 
-    def _book_caught_up(self, consumer: Any, tp: Any) -> bool:
+    def book_caught_up(self, consumer: Any, tp: Any) -> bool:
         """Whether every message of a book partition up to its highwater has been read."""
         highwater = consumer.highwater(tp)
         if highwater is None:
@@ -188,10 +192,18 @@ class Progress:
         read = self.book_read.get(tp)
         if read is not None:
             return read[0] + 1 >= highwater
-        # Nothing read in this run: Faust's read offset is the committed offset after its
-        # seek, until the first message is read (faust.transport.consumer.perform_seek).
-        committed = consumer._read_offset.get(tp)
-        return committed is not None and committed >= highwater
+        # Nothing read in this run: the consumer starts where the group committed (or at the log's
+        # start), which `owned_books` asked the broker for when the partition was assigned.
+        start = self.book_start.get((tp.topic, tp.partition))
+        return start is not None and start >= highwater
+
+    def owned_books(self, start: Mapping[tuple[str, int], int]) -> None:
+        """The book partitions were (re)assigned: each starts at `start` (its committed offset, or
+        the log's start offset where the group has none). What was read of a partition still owned
+        stands: Faust may have delivered it before this recovery's callback, and reading it again
+        is not a given (forgetting it held a restarted worker's gate shut for good)."""
+        self.book_read = {tp: read for tp, read in self.book_read.items() if (tp.topic, tp.partition) in start}
+        self.book_start = dict(start)
 
     async def read_market(self, consumer: Any) -> None:
         """The market stream's mark, from what its consumer has read."""
@@ -219,6 +231,28 @@ class Progress:
         consumer.resume(*(tp for tp in prices if tp.partition in read))
         return bool(read)
 
-    def forget_books(self) -> None:
-        """The book partitions were reassigned: what was read of them no longer says anything."""
-        self.book_read.clear()
+
+
+async def start_offsets(bootstrap_servers: str, group_id: str, tps: Iterable[tuple[str, int]]
+                        ) -> dict[tuple[str, int], int]:
+    """Where a group's consumer starts on each partition: its committed offset, or the log's start
+    offset where it has none (the worker reads from the earliest). Asked of the broker, not of the
+    framework's private fields, which are empty for a partition without a committed offset."""
+    wanted = [TopicPartition(t, p) for t, p in tps]
+    if not wanted:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group_id, partitions=wanted)
+        earliest = await consumer.beginning_offsets(wanted)
+    finally:
+        await consumer.stop()
+        await admin.close()
+    out: dict[tuple[str, int], int] = {}
+    for tp in wanted:
+        meta = committed.get(tp)
+        out[(tp.topic, tp.partition)] = meta.offset if meta is not None and meta.offset >= 0 else earliest[tp]
+    return out

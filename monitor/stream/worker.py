@@ -33,6 +33,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 import faust
+from faust.types import TP
 import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer
@@ -47,7 +48,7 @@ from monitor.ops.config import Settings
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
-from monitor.stream.watermark import AHEAD, Gate, Progress
+from monitor.stream.watermark import AHEAD, Gate, Progress, start_offsets
 
 log = structlog.get_logger("monitor.worker")
 
@@ -58,10 +59,11 @@ MARKET_TOPICS = ("instruments", "risk-models", "prices")
 MARKET_BATCH = 1_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
+EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 
-def _fatal(loop: str, exc: BaseException) -> None:
+def _fatal(loop: str, exc: BaseException, code: int = EXIT_FATAL) -> None:
     """A loop cannot go on: say so and exit non-zero, at once. Nothing is lost: every input is
     recorded before its offset is committed, so a restarted worker takes up where this one was
     (the same guarantee as after kill -9). Restarting the loop in place would crash it again on
@@ -71,7 +73,7 @@ def _fatal(loop: str, exc: BaseException) -> None:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(EXIT_FATAL)
+    os._exit(code)
 
 
 def _loud(loop: str, body: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -152,6 +154,10 @@ class Worker:
         self.gate: Gate[Price | StagedBookEvent] = Gate()
         self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
         self._lock = asyncio.Lock()
+        self._released = self._released_seen = 0  # events the gate has released (for `_warn_if_stalled`)
+        self._stalled_since = time.monotonic()
+        self._book_events = self._book_events_seen = 0  # book messages read (for `_warn_if_stalled`)
+        self._book_quiet_since = time.monotonic()
 
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
@@ -168,6 +174,7 @@ class Worker:
         (tables.py) and waits in the gate."""
         topic = self.settings.logical(msg.topic)
         metrics.EVENTS_CONSUMED.labels(topic).inc()
+        self._book_events += 1
         origin = Origin(topic, msg.partition, msg.offset, msg.key, _timestamp_ms(msg.timestamp))
         ts: Micros | None = None
         try:
@@ -237,16 +244,21 @@ class Worker:
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
         the engine rebuilds each book as it built it live (judging it again only from its clock)."""
         async with self._lock:
-            owned = {tp.partition for tp in self.app.assignor.assigned_actives()
-                     if self.settings.logical(tp.topic) in BOOK_TOPICS}
-            recovered = self.tables.recovered(owned)
+            owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
+                         if self.settings.logical(tp.topic) in BOOK_TOPICS]
+            recovered = self.tables.recovered({p for _, p in owned_tps})
+            start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps)
+            for (topic, partition), offset in start.items():
+                # Faust seeks only partitions with a committed offset; after a worker killed before its
+                # first commit, the others were left where nothing more was delivered.
+                await self.app.consumer.seek(TP(topic, partition), offset)
+            self.progress.owned_books(start)
             self.engine.drop_books()
             for pid in sorted({*recovered.policies, *recovered.watches}):
                 self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
             self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
             for staged in recovered.inputs:
                 self.gate.hold(staged.ts, staged)
-            self.progress.forget_books()
             self.progress.recovered = True
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
@@ -262,7 +274,9 @@ class Worker:
             watermark = min(market.mark, book_mark)
             tick = self.engine.tick
             prices: list[Price] = []
-            for item in self.gate.release(watermark):
+            released = self.gate.release(watermark)
+            self._released += len(released)
+            for item in released:
                 if isinstance(item, Price):
                     if prices and tick > 0 and item.ts // tick != prices[-1].ts // tick:
                         # The gate releases in event-time order: the window of `prices` is complete.
@@ -388,6 +402,33 @@ class Worker:
         if events:
             await _let_clients_run()
 
+    def _warn_if_stalled(self) -> None:
+        """Every 10 s that events wait in the gate and none is released, say what holds them. A book
+        stream that has messages on the broker and delivers none for `stall_exit_s` ends the process
+        (EXIT_STALLED): seen after restarts, Faust's consumer sometimes never delivers its book
+        partitions, and a supervisor's restart recovers where waiting does not."""
+        now = time.monotonic()
+        consumer = self.app.consumer
+        if self._book_events != self._book_events_seen or not self.progress.recovered or all(
+                self.progress.book_caught_up(consumer, tp) for tp in consumer.assignment()
+                if self.settings.logical(tp.topic) in BOOK_TOPICS):
+            self._book_events_seen, self._book_quiet_since = self._book_events, now
+        elif now - self._book_quiet_since >= self.settings.stall_exit_s:
+            _fatal("book-events", RuntimeError(
+                f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
+                f"unread ones"), code=EXIT_STALLED)
+        if not len(self.gate) or self._released != self._released_seen:
+            self._released_seen, self._stalled_since = self._released, now
+        elif now - self._stalled_since >= 10.0:
+            self._stalled_since = now
+            consumer = self.app.consumer
+            log.warning("gate not moving", held=len(self.gate), market_mark=self.progress.market.mark,
+                        book_mark=self.progress.book_mark(consumer),
+                        unread_book_partitions=sorted(
+                            f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()
+                            if self.settings.logical(tp.topic) in BOOK_TOPICS
+                            and not self.progress.book_caught_up(consumer, tp)))
+
     async def _save_watch(self, pid: str) -> None:
         watch = self.engine.watches.get(pid)
         if watch is not None:
@@ -405,6 +446,7 @@ class Worker:
         metrics.HELD_FILLS.set(self.engine.held_fills())
         metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
         self._published_unreferenced = self.engine.unreferenced_prices
+        self._warn_if_stalled()
         oldest = self.gate.oldest()
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
         for pid, watch in list(self.engine.watches.items()):

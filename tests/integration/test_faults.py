@@ -26,7 +26,7 @@ from monitor.ops.config import Settings
 from monitor.ops.processes import free_ports
 from monitor.stream.topics import ensure_topics
 from tests.conftest import WorkerProcess, produce, running_worker
-from tests.faults import (Burst, alerts_match_replay, changelog_books, make_burst, nav, read_topic,
+from tests.faults import (Burst, Supervised, alerts_match_replay, changelog_books, make_burst, nav, read_topic,
                           recompute_books, replay_alerts, wait_for)
 
 pytestmark = pytest.mark.integration
@@ -37,9 +37,10 @@ FILLS_PER_BOOK = int(os.environ.get("MONITOR_FAULT_FILLS", "250"))
 
 @pytest.fixture
 def fault_settings(settings: Settings) -> Settings:
-    """A short consumer-group session, so a killed worker's partitions move on in seconds; the
-    topics created first, with the test's partitions (the broker would create one-partition topics)."""
-    settings = dataclasses.replace(settings, session_timeout_s=6.0)
+    """A short consumer-group session, so a killed worker's partitions move on in seconds, and a short
+    stall exit; the topics created first, with the test's partitions (the broker would create
+    one-partition topics)."""
+    settings = dataclasses.replace(settings, session_timeout_s=6.0, stall_exit_s=15.0)
     asyncio.run(ensure_topics(settings))
     return settings
 
@@ -49,11 +50,16 @@ def book_navs(worker: WorkerProcess, books: list[str]) -> dict[str, float | None
     return {b: m.get(("monitor_book_nav", (("portfolio_id", b),))) for b in books}
 
 
-def navs_wrong(worker: WorkerProcess, expected: dict[str, float]) -> str | None:
+def navs_wrong(worker: WorkerProcess | Supervised, expected: dict[str, float]) -> str | None:
     """None when every book's NAV gauge equals the recomputation; else what differs."""
-    if worker.proc is not None and worker.proc.poll() is not None:
+    if isinstance(worker, Supervised):
+        worker = worker.alive()
+    elif worker.proc is not None and worker.proc.poll() is not None:
         raise AssertionError(f"worker exited with {worker.proc.returncode}:\n{worker.log()[-3000:]}")
-    got = book_navs(worker, list(expected))
+    try:
+        got = book_navs(worker, list(expected))
+    except OSError as e:  # a restarted worker not serving /metrics yet
+        return f"no metrics: {e}"
     wrong = {b: (got[b], want) for b, want in expected.items()
              if got[b] is None or abs(got[b] - want) > 1e-9 * abs(want)}
     return f"NAV (worker, recomputed): {wrong}" if wrong else None
@@ -98,8 +104,8 @@ def test_kill_9_during_a_fill_burst_loses_nothing_and_counts_nothing_twice(fault
         time.sleep(rng.uniform(1.0, 4.0))
         kill(first)
         feeder.join()
-    with running_worker(settings, tmp_path / "second.log") as second:
-        wait_for(lambda: navs_wrong(second, expected), timeout=120)
+    with Supervised(settings, tmp_path, "second") as second:
+        wait_for(lambda: navs_wrong(second, expected), timeout=150)
         time.sleep(1.5)  # anything emitted late would show below
     assert_books_equal_recomputation(settings, burst)
     assert_alerts_equal_replay(settings, burst)
@@ -129,17 +135,17 @@ def test_a_held_fill_survives_a_restart_and_a_failover(fault_settings, tmp_path:
         wait_for(lambda: navs_wrong(first, expected), timeout=60)  # applied: +10 C at 55 for 500 cash
         time.sleep(1.0)
         kill(first)
-    with running_worker(settings, tmp_path / "second.log") as second:
-        wait_for(lambda: navs_wrong(second, expected), timeout=90)
+    with Supervised(settings, tmp_path, "second") as second:
+        wait_for(lambda: navs_wrong(second, expected), timeout=150)
         other_port = dataclasses.replace(settings, metrics_port=free_ports()[0])
-        with running_worker(other_port, tmp_path / "third.log") as third:
+        with Supervised(other_port, tmp_path, "third") as third:
             time.sleep(3.0)  # the third joins the group: the books are split between the two
-            kill(second)
+            kill(second.alive())
             # The third owns every book after the second's session expires; a new price of C moves
             # the book's NAV by its 10 C only if the held fill came over with the book.
             move = ("prices", "C", {"instrument_id": "C", "price": 60.0, "ts": format_ts(end + 2)})
             produce(settings, [move])
             expected[book] += 10 * 5.0
-            wait_for(lambda: navs_wrong(third, expected), timeout=90)
+            wait_for(lambda: navs_wrong(third, expected), timeout=150)
     persisted = changelog_books(settings)
     assert persisted[book][0].get("C") == 10.0

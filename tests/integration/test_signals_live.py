@@ -137,21 +137,28 @@ def test_expiry_and_supersession(worker, settings):
     assert dead["reason_code"] == "signal_decided" and "SUPERSEDED" in dead["reason"]
 
 
-def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_path):
-    """A breach leads to an AUTO_APPROVED signal; `monitor paper-trade` (its own process, a real
-    client) executes it; the fills come back through the worker; the alerts resolve."""
-    produce(settings, market(book("P-LOOP", {})))
+def rally_with_paper_trader(settings, tmp_path) -> tuple[dict, list[dict]]:
+    """With `monitor paper-trade` running (its own process, a real client), A rallies to 140: the
+    book's one signal, and its alerts once two have resolved."""
     trader = spawn([sys.executable, "-m", "monitor", "paper-trade"], env=worker_env(settings),
                    log_path=tmp_path / "paper.log")
     try:
         time.sleep(1.0)
         produce(settings, [price_a(140.0, 1.0)])
         [signal] = wait_for_signals(settings, lambda r: len(r) >= 1)
-        assert signal["state"] == "AUTO_APPROVED"
         alerts = consume(settings, "drift-alerts", lambda r: sum(a["state"] == "RESOLVED" for a in r) >= 2,
                          timeout=60)
     finally:
         terminate(trader)
+    return signal, alerts
+
+
+def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_path):
+    """A breach leads to an AUTO_APPROVED signal; `monitor paper-trade` (its own process, a real
+    client) executes it; the fills come back through the worker; the alerts resolve."""
+    produce(settings, market(book("P-LOOP", {})))
+    signal, alerts = rally_with_paper_trader(settings, tmp_path)
+    assert signal["state"] == "AUTO_APPROVED"
     assert [(a["limit_id"], a["state"]) for a in alerts] == [
         ("weight:A", "OPEN"), ("weight:B", "OPEN"), ("weight:A", "RESOLVED"), ("weight:B", "RESOLVED")]
     fills = consume(settings, "fills", lambda r: len(r) >= 2)
@@ -164,3 +171,24 @@ def test_closed_loop_breach_signal_paper_fills_resolved(worker, settings, tmp_pa
     # A 74,340 (59.95%), B 49,600 (40.00%).
     positions, cash = changelog_books(settings)["P-LOOP"]
     assert positions == {"A": 531.0, "B": 992.0} and cash == 60.0
+
+
+def test_closed_loop_to_the_edge_with_lots_resolves_at_the_default_hysteresis(worker, settings, tmp_path):
+    """Issue 16: `trade_to: edge` once left its alerts open for good (the band edge is usage 1.0, an
+    alert resolves at 1 - hysteresis = 0.8). Edge is now where the alert resolves: at A 140 (67.7% /
+    32.3% of NAV 124,000) the goals are 64% and 36%: SELL 4,640 / 140 = 33.1 -> 34 A, BUY 4,640 / 50 =
+    92.8 -> 95 B in lots of 5 (rounded up, never short). Executed by `monitor paper-trade`, both resolve:
+    A 566 x 140 = 79,240 (63.90%), B 895 x 50 = 44,750 (36.09%)."""
+    pid = "P-EDGE"
+    messages = market(book(pid, {"trade_to": "edge"}))
+    messages[1] = ("instruments", "B", {**instrument("B"), "lot_size": 5})
+    produce(settings, messages)
+    signal, alerts = rally_with_paper_trader(settings, tmp_path)
+    assert (signal["state"], signal["trade_to"], signal["warnings"]) == ("AUTO_APPROVED", "edge", [])
+    assert [(t["instrument_id"], t["side"], t["quantity"]) for t in signal["trades"]] == [
+        ("A", "SELL", 34.0), ("B", "BUY", 95.0)]
+    assert [(a["limit_id"], a["state"]) for a in alerts] == [
+        ("weight:A", "OPEN"), ("weight:B", "OPEN"), ("weight:A", "RESOLVED"), ("weight:B", "RESOLVED")]
+    resolved = {a["limit_id"]: a["actual"] for a in alerts if a["state"] == "RESOLVED"}
+    assert resolved == {"weight:A": pytest.approx(79_240 / 124_000), "weight:B": pytest.approx(44_750 / 124_000)}
+    assert sorted(signal["alert_ids"]) == sorted(a["alert_id"] for a in alerts if a["state"] == "OPEN")

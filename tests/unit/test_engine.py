@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from monitor.engine import Book, Engine, Fill, Instrument, Price, Rejected, Snapshot, parse_policy, parse_ts
+from monitor.engine.engine import Event
 from monitor.engine.valuation import fx_rate, measure, value_book
 
 T0 = parse_ts("2026-11-24T14:00:00Z")
@@ -135,21 +136,32 @@ def test_book_round_trips_through_its_changelog_form():
 # -- engine --------------------------------------------------------------------------
 
 
-def two_asset_engine(**evaluation: float) -> Engine:
+@pytest.fixture(params=[0, 10_000], ids=["tick0", "tick10ms"])
+def tick(request: pytest.FixtureRequest) -> int:
+    """The engine's lifecycle at tick 0 (every call evaluates at once) and at the worker's 10 ms windows."""
+    return request.param
+
+
+def done(e: Engine, out: list[Event]) -> list[Event]:
+    """What a call emits once its window is complete (the worker closes it then; at tick 0 it is)."""
+    return out + e.flush()
+
+
+def two_asset_engine(tick: int = 0, **evaluation: float) -> Engine:
     """60/40 book in A and B at price 10, no cash; A's weight limit 0.60 +/- 0.05."""
-    e = Engine()
+    e = Engine(tick)
     e.on_instrument(inst("A"))
     e.on_instrument(inst("B"))
     e.on_policy(policy([weight_limit("A", 0.60, 0.05)], **evaluation))
     e.on_snapshot(Snapshot("B1", T0, {"USD": 0.0}, {"A": 60, "B": 40}))
-    assert e.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)]) == []
+    assert done(e, e.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)])) == []
     return e
 
 
-def test_price_move_opens_then_resolves_with_hand_computed_numbers():
-    e = two_asset_engine()
+def test_price_move_opens_then_resolves_with_hand_computed_numbers(tick):
+    e = two_asset_engine(tick)
     # A to 12.5: MV A 750, B 400, NAV 1150, weight 0.652174 -> outside 0.55..0.65
-    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+    [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))
     assert (opened.state, opened.severity) == ("OPEN", "BREACH")
     assert opened.actual == pytest.approx(750 / 1150)
     assert opened.drift == pytest.approx(750 / 1150 - 0.60)
@@ -158,78 +170,78 @@ def test_price_move_opens_then_resolves_with_hand_computed_numbers():
     assert msg["event_ts"] == "2026-11-24T14:00:01.000000Z"
     assert msg["inputs"]["price_ts"] == "2026-11-24T14:00:01.000000Z"
     # Back to 10: weight 0.60, inside the band shrunk by hysteresis -> RESOLVED, same alert id.
-    [resolved] = e.on_prices([Price("A", 10.0, T0 + 2 * SEC)])
+    [resolved] = done(e, e.on_prices([Price("A", 10.0, T0 + 2 * SEC)]))
     assert resolved.state == "RESOLVED" and resolved.alert_id == opened.alert_id
 
 
-def test_hysteresis_keeps_alert_open_near_the_edge():
-    e = two_asset_engine(hysteresis=0.5)
-    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+def test_hysteresis_keeps_alert_open_near_the_edge(tick):
+    e = two_asset_engine(tick, hysteresis=0.5)
+    [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))
     # A at 11.3: weight 678/1078 = 0.62894, usage 0.579: back inside, but not past hysteresis: no event.
-    assert e.on_prices([Price("A", 11.3, T0 + 2 * SEC)]) == []
+    assert done(e, e.on_prices([Price("A", 11.3, T0 + 2 * SEC)])) == []
     assert e.watches["B1"].limits["weight:A"].alert_id == opened.alert_id
     # A at 11.0: weight 660/1060 = 0.62264, usage 0.453 <= 0.5: RESOLVED.
-    [ev] = e.on_prices([Price("A", 11.0, T0 + 3 * SEC)])
+    [ev] = done(e, e.on_prices([Price("A", 11.0, T0 + 3 * SEC)]))
     assert (ev.state, ev.severity, ev.alert_id) == ("RESOLVED", "BREACH", opened.alert_id)
 
 
-def test_persistence_in_event_time():
-    e = two_asset_engine(persistence_seconds=5)
-    assert e.on_prices([Price("A", 12.5, T0 + 1 * SEC)]) == []
-    assert e.on_prices([Price("A", 12.6, T0 + 4 * SEC)]) == []
-    [opened] = e.on_prices([Price("A", 12.5, T0 + 6 * SEC)])
+def test_persistence_in_event_time(tick):
+    e = two_asset_engine(tick, persistence_seconds=5)
+    assert done(e, e.on_prices([Price("A", 12.5, T0 + 1 * SEC)])) == []
+    assert done(e, e.on_prices([Price("A", 12.6, T0 + 4 * SEC)])) == []
+    [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + 6 * SEC)]))
     assert opened.state == "OPEN" and opened.opened_ts == T0 + 6 * SEC
 
 
-def test_escalation_to_critical_and_back_without_flapping():
-    e = two_asset_engine()  # hysteresis 0.2, critical at 2 bands
-    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])  # usage 1.04
+def test_escalation_to_critical_and_back_without_flapping(tick):
+    e = two_asset_engine(tick)  # hysteresis 0.2, critical at 2 bands
+    [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))  # usage 1.04
     # A at 16: 960/1360 = 0.70588 -> usage 2.12 > 2 -> CRITICAL
-    [esc] = e.on_prices([Price("A", 16.0, T0 + 2 * SEC)])
+    [esc] = done(e, e.on_prices([Price("A", 16.0, T0 + 2 * SEC)]))
     assert (esc.state, esc.severity, esc.alert_id) == ("ESCALATED", "CRITICAL", opened.alert_id)
     # A at 15.5: 930/1330 = 0.69925 -> usage 1.985: below 2 but not below 1.8: stays CRITICAL
-    assert e.on_prices([Price("A", 15.5, T0 + 3 * SEC)]) == []
+    assert done(e, e.on_prices([Price("A", 15.5, T0 + 3 * SEC)])) == []
     # A at 14.5: 870/1270 = 0.68504 -> usage 1.70 <= 1.8: DEESCALATED to BREACH
-    [de] = e.on_prices([Price("A", 14.5, T0 + 4 * SEC)])
+    [de] = done(e, e.on_prices([Price("A", 14.5, T0 + 4 * SEC)]))
     assert (de.state, de.severity) == ("DEESCALATED", "BREACH")
 
 
-def test_fill_for_unknown_book_is_rejected():
-    e = two_asset_engine()
+def test_fill_for_unknown_book_is_rejected(tick):
+    e = two_asset_engine(tick)
     with pytest.raises(Rejected) as info:
         e.on_fill(Fill("F9", "NOPE", "A", "BUY", 1, 10.0, T0))
     assert info.value.code == "unknown_book"
 
 
-def test_fill_for_unknown_instrument_is_held_then_applied():
-    e = two_asset_engine()
-    assert e.on_fill(fill("F1", "C", "BUY", 10, 10.0)) == []
-    assert e.on_fill(fill("F1", "C", "BUY", 10, 10.0)) == []  # re-delivered while held: still once
+def test_fill_for_unknown_instrument_is_held_then_applied(tick):
+    e = two_asset_engine(tick)
+    assert done(e, e.on_fill(fill("F1", "C", "BUY", 10, 10.0))) == []
+    assert done(e, e.on_fill(fill("F1", "C", "BUY", 10, 10.0))) == []  # re-delivered while held: still once
     assert e.books["B1"].positions.get("C") is None and e.held_fills() == 1
-    e.on_instrument(inst("C"))
+    done(e, e.on_instrument(inst("C")))
     assert e.books["B1"].positions["C"] == 10 and e.held_fills() == 0
-    assert e.on_fill(fill("F1", "C", "BUY", 10, 10.0)) == []  # and once after release
+    assert done(e, e.on_fill(fill("F1", "C", "BUY", 10, 10.0))) == []  # and once after release
     assert e.books["B1"].positions["C"] == 10
 
 
-def test_a_price_for_an_unknown_instrument_is_kept_counted_and_used_when_the_instrument_arrives():
-    e = two_asset_engine()
-    assert e.on_prices([Price("C", 20.0, T0 + SEC), Price("C", 19.0, T0 + 2 * SEC)]) == []
+def test_a_price_for_an_unknown_instrument_is_kept_counted_and_used_when_the_instrument_arrives(tick):
+    e = two_asset_engine(tick)
+    assert done(e, e.on_prices([Price("C", 20.0, T0 + SEC), Price("C", 19.0, T0 + 2 * SEC)])) == []
     assert e.unreferenced_prices == 2 and e.prices["C"] == (19.0, T0 + 2 * SEC)
-    e.on_fill(fill("F1", "C", "BUY", 10, 19.0, ts=T0 + 3 * SEC))  # held: no reference data yet
-    e.on_instrument(inst("C"))
+    done(e, e.on_fill(fill("F1", "C", "BUY", 10, 19.0, ts=T0 + 3 * SEC)))  # held: no reference data yet
+    done(e, e.on_instrument(inst("C")))
     # The fill applies; C is valued at the price kept before its instrument existed:
     # A 600 + B 400 + C 190 - cash 190 = NAV 1000, and a price of A now counts nothing.
     assert e.status["B1"].nav == pytest.approx(1000.0) and e.books["B1"].positions["C"] == 10
-    e.on_prices([Price("A", 10.0, T0 + 4 * SEC)])
+    done(e, e.on_prices([Price("A", 10.0, T0 + 4 * SEC)]))
     assert e.unreferenced_prices == 2
 
 
-def test_alert_ids_are_deterministic():
+def test_alert_ids_are_deterministic(tick):
     ids = []
     for _ in range(2):
-        e = two_asset_engine()
-        ids.append([a.event_id for a in e.on_prices([Price("A", 12.5, T0 + SEC)])])
+        e = two_asset_engine(tick)
+        ids.append([a.event_id for a in done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))])
     assert ids[0] == ids[1] and len(ids[0]) == 1
 
 
@@ -275,29 +287,79 @@ def test_incremental_book_equals_recomputation_whatever_the_redeliveries(raw_fil
     assert book.cash.get("USD", 0.0) == pytest.approx(expected_cash, rel=1e-9, abs=1e-6)
 
 
-def test_a_restored_book_is_not_judged_on_prices_older_than_its_state():
+def test_a_restored_book_is_not_judged_on_prices_older_than_its_state(tick):
     """After a restart the prices are re-read from the topic: history must not re-open or resolve."""
-    live = two_asset_engine()
-    [opened] = live.on_prices([Price("A", 12.5, T0 + 2 * SEC)])
-    restarted = Engine()
+    live = two_asset_engine(tick)
+    [opened] = done(live, live.on_prices([Price("A", 12.5, T0 + 2 * SEC)]))
+    restarted = Engine(tick)
     restarted.on_instrument(inst("A"))
     restarted.on_instrument(inst("B"))
     restarted.restore(Book.from_dict(live.books["B1"].to_dict()), live.policies["B1"],
                       type(live.watches["B1"]).from_dict(live.watches["B1"].to_dict()), "B1")
     # The price history again, from the start: inside the band at T0, then the move.
-    assert restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)]) == []
-    assert restarted.on_prices([Price("A", 12.5, T0 + 2 * SEC)]) == []
+    assert done(restarted, restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)])) == []
+    assert done(restarted, restarted.on_prices([Price("A", 12.5, T0 + 2 * SEC)])) == []
     restarted.end_warmup()
     assert restarted.flush() == []  # same state, same time: nothing new
-    [resolved] = restarted.on_prices([Price("A", 10.0, T0 + 3 * SEC)])
+    [resolved] = done(restarted, restarted.on_prices([Price("A", 10.0, T0 + 3 * SEC)]))
     assert (resolved.state, resolved.alert_id) == ("RESOLVED", opened.alert_id)
 
 
-def test_an_open_alert_on_a_limit_the_new_policy_drops_is_resolved_saying_so():
-    e = two_asset_engine()
-    [opened] = e.on_prices([Price("A", 12.5, T0 + SEC)])
+def test_an_open_alert_on_a_limit_the_new_policy_drops_is_resolved_saying_so(tick):
+    e = two_asset_engine(tick)
+    [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))
     [resolved] = e.on_policy(policy([weight_limit("B", 0.35, 0.05)], version=2))  # B: 400/1150, inside
     assert (resolved.state, resolved.alert_id, resolved.policy_version) == ("RESOLVED", opened.alert_id, 2)
     assert resolved.actual is None and resolved.reason == "limit removed by policy version 2"
     from monitor.contract import validate
     validate("drift-alerts", resolved.to_message(T0))
+
+
+# -- onboarding a book: no judgement before its first snapshot ---------------------------------
+
+ONBOARD_POLICY = {"portfolio_id": "B1", "version": 1, "base_currency": "USD",
+                  "limits": [weight_limit("A", 0.5, 0.05)]}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([0, 1_000, 10_000, 1_000_000]), st.integers(-2_000, 2_000), st.booleans(),
+       st.permutations(["instrument", "policy", "timed"]), st.randoms(use_true_random=False))
+def test_onboarding_a_book_in_any_order_raises_no_alert_at_any_tick(tick, price_ms, fill_first, order, rnd):
+    """Reference data, a policy, a price and the first snapshot (NAV 20,000, A on its 50% target), in
+    any order the gate can release them (timed events in event-time order, the others anywhere), with
+    or without a fill before the snapshot that the snapshot already includes: no alert at any tick,
+    and the book is valued at 20,000 once everything is in."""
+    snapshot_ts = T0 + 10 * SEC
+    timed: list[tuple[int, object]] = [(snapshot_ts + price_ms * 1_000, Price("A", 100.0, snapshot_ts + price_ms * 1_000)),
+                                       (snapshot_ts, Snapshot("B1", snapshot_ts, {"USD": 10_000.0}, {"A": 100}))]
+    if fill_first:
+        timed.append((snapshot_ts - SEC, fill("F0", "A", "BUY", 100, 100.0, ts=snapshot_ts - SEC)))
+    timed.sort(key=lambda pair: pair[0])
+    e, out = Engine(tick), []
+    for step in order:
+        if step == "instrument":
+            out += e.on_instrument(inst("A"))
+        elif step == "policy":
+            out += e.on_policy(parse_policy(ONBOARD_POLICY, "test"))
+        else:
+            for _, event in timed:
+                if isinstance(event, Price):
+                    out += e.on_prices([event])
+                elif isinstance(event, Snapshot):
+                    out += e.on_snapshot(event)
+                elif e.known_book("B1"):
+                    out += e.on_fill(event)  # type: ignore[arg-type]
+    out += e.flush()
+    assert out == []
+    assert e.status["B1"].nav == pytest.approx(20_000.0)
+    assert e.watches["B1"].clock >= snapshot_ts
+
+
+def test_a_fill_before_the_first_snapshot_is_not_judged_as_a_book():
+    """Policy and a fill, no snapshot yet: cash -10,000 and 100 A is not the book (NAV would read 0)."""
+    e = Engine(10_000)
+    e.on_instrument(inst("A"))
+    e.on_policy(parse_policy(ONBOARD_POLICY, "test"))
+    out = e.on_prices([Price("A", 100.0, T0)]) + e.on_fill(fill("F0", "A", "BUY", 100, 100.0, ts=T0 + SEC))
+    out += e.on_prices([Price("A", 100.0, T0 + 2 * SEC)]) + e.flush()
+    assert out == [] and "B1" not in e.status

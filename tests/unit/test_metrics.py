@@ -30,3 +30,24 @@ def test_observe_many_equals_observe_one_by_one(amounts: list[float]) -> None:
             assert abs(got[key] - value) <= 1e-9 * max(1.0, abs(value))
         else:
             assert got[key] == value, key  # bucket and count samples: exact
+
+
+def test_a_reconciliation_break_is_counted_when_it_opens_only() -> None:
+    from prometheus_client import REGISTRY
+
+    from monitor.engine.alerts import AlertEvent, Inputs
+    from monitor.ops import metrics
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("monitor_reconciliation_breaks_total") or 0.0
+
+    def alert(kind: str, state: str) -> AlertEvent:
+        return AlertEvent(alert_id="a", state=state, kind=kind, portfolio_id="B1", limit_id="x", metric="nav",
+                          actual=None, target=None, band=None, severity="BREACH", policy_version=1, event_ts=1,
+                          opened_ts=1, inputs=Inputs(None, None))
+
+    before = count()
+    for kind, state in (("RECONCILIATION_BREAK", "OPEN"), ("RECONCILIATION_BREAK", "RESOLVED"), ("LIMIT", "OPEN"),
+                        ("RECONCILIATION_BREAK", "OPEN")):
+        metrics.alert_emitted(alert(kind, state))
+    assert count() - before == 2

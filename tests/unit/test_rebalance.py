@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from monitor.engine import Book, Instrument, RiskModel, parse_policy
 from monitor.engine.policy import Band, Limit, Policy
 from monitor.engine.rebalance import Proposal, Trade, goal, propose
-from monitor.engine.valuation import PriceBook, value_book
+from monitor.engine.valuation import PriceBook, measure, value_book
 
 BIG_ADV = 1e12
 
@@ -31,9 +31,11 @@ def weight(iid: str, target: float, width: float) -> dict[str, Any]:
     return {"metric": "weight", "instrument": iid, "target": target, "band": {"width": width}}
 
 
-def policy(limits: list[dict[str, Any]], **rebalance: Any) -> Policy:
+def policy(limits: list[dict[str, Any]], hysteresis: float = 0.0, **rebalance: Any) -> Policy:
+    """Hysteresis 0 unless said: `edge` is then the band edge itself, as the hand arithmetic below
+    assumes (with hysteresis h it is h of the band further in, tested on its own)."""
     return parse_policy({"portfolio_id": "B1", "version": 1, "base_currency": "USD", "limits": limits,
-                         "rebalance": rebalance}, "test")
+                         "evaluation": {"hysteresis": hysteresis}, "rebalance": rebalance}, "test")
 
 
 def run(pol: Policy, instruments: Mapping[str, Instrument], prices: PriceBook, positions: Mapping[str, float],
@@ -57,18 +59,32 @@ def drifts(p: Proposal) -> dict[str, tuple[float, float | None]]:
 
 def test_goal_edge_inner_target_and_asymmetric_bands():
     lim = Limit("w", "weight", 0.60, Band(0.05, 0.05), instrument="A")  # band [0.55, 0.65]
-    assert goal(lim, 0.66, "edge", 0.5) == pytest.approx(0.65)
-    assert goal(lim, 0.54, "edge", 0.5) == pytest.approx(0.55)
-    assert goal(lim, 0.62, "edge", 0.5) == 0.62  # inside: no trade
-    assert goal(lim, 0.66, "inner", 0.5) == pytest.approx(0.625)  # rail 0.65 + 0.5 * (0.60 - 0.65)
-    assert goal(lim, 0.63, "inner", 0.5) == pytest.approx(0.625)  # inside the band but beyond the rail
-    assert goal(lim, 0.61, "inner", 0.5) == 0.61
-    assert goal(lim, 0.54, "inner", 0.2) == pytest.approx(0.56)  # 0.55 + 0.2 * 0.05
-    assert goal(lim, 0.66, "target", 0.5) == 0.60
+    assert goal(lim, 0.66, "edge", 0.5, 0.0) == pytest.approx(0.65)
+    assert goal(lim, 0.54, "edge", 0.5, 0.0) == pytest.approx(0.55)
+    assert goal(lim, 0.62, "edge", 0.5, 0.0) == 0.62  # inside: no trade
+    assert goal(lim, 0.66, "inner", 0.5, 0.0) == pytest.approx(0.625)  # rail 0.65 + 0.5 * (0.60 - 0.65)
+    assert goal(lim, 0.63, "inner", 0.5, 0.0) == pytest.approx(0.625)  # inside the band but beyond the rail
+    assert goal(lim, 0.61, "inner", 0.5, 0.0) == 0.61
+    assert goal(lim, 0.54, "inner", 0.2, 0.0) == pytest.approx(0.56)  # 0.55 + 0.2 * 0.05
+    assert goal(lim, 0.66, "target", 0.5, 0.2) == 0.60
     skew = Limit("s", "weight", 0.60, Band(0.02, 0.08), instrument="A")  # band [0.58, 0.68]
-    assert goal(skew, 0.70, "edge", 0.5) == pytest.approx(0.68)
-    assert goal(skew, 0.57, "edge", 0.5) == pytest.approx(0.58)
-    assert goal(skew, 0.57, "inner", 0.5) == pytest.approx(0.59)
+    assert goal(skew, 0.70, "edge", 0.5, 0.0) == pytest.approx(0.68)
+    assert goal(skew, 0.57, "edge", 0.5, 0.0) == pytest.approx(0.58)
+    assert goal(skew, 0.57, "inner", 0.5, 0.0) == pytest.approx(0.59)
+
+
+def test_edge_is_where_the_alert_resolves_and_inner_is_never_short_of_it():
+    lim = Limit("w", "weight", 0.60, Band(0.05, 0.05), instrument="A")  # band [0.55, 0.65]
+    # hysteresis 0.2: an alert resolves at |drift| <= 0.8 x 0.05 = 0.04, so edge is 0.64 / 0.56.
+    assert goal(lim, 0.66, "edge", 0.5, 0.2) == pytest.approx(0.64)
+    assert goal(lim, 0.54, "edge", 0.5, 0.2) == pytest.approx(0.56)
+    assert goal(lim, 0.645, "edge", 0.5, 0.2) == pytest.approx(0.64)  # inside the band, still open
+    assert goal(lim, 0.635, "edge", 0.5, 0.2) == 0.635  # would resolve as it is
+    assert goal(lim, 0.66, "inner", 0.5, 0.2) == pytest.approx(0.625)  # the rail is further in
+    assert goal(lim, 0.66, "inner", 0.1, 0.2) == pytest.approx(0.64)  # rail 0.645 is short of 0.64
+    skew = Limit("s", "weight", 0.60, Band(0.02, 0.08), instrument="A")  # band [0.58, 0.68]
+    assert goal(skew, 0.70, "edge", 0.5, 0.25) == pytest.approx(0.66)  # 0.60 + 0.75 x 0.08
+    assert goal(skew, 0.57, "edge", 0.5, 0.25) == pytest.approx(0.585)  # 0.60 - 0.75 x 0.02
 
 
 # -- 1. a 60/40 book drifted to 66/34 ------------------------------------------------------
@@ -112,16 +128,34 @@ def test_only_the_named_limits_move():
     assert [e.limit.limit_id for e in p.limits] == ["weight:AAA"]
 
 
-def test_lot_rounding_to_the_nearest_lot_is_noted():
-    # inner: need SELL 35 AAA in lots of 25 -> 1.4 lots -> 25; BUY 70 BBB in lots of 100 -> 0.7 lots -> 100.
-    # After: AAA 635 * 100 = 63,500 (0.635); BBB 780 * 50 = 39,000 (0.39).
+def test_lot_rounding_never_stops_short_of_the_goal_and_is_noted():
+    # inner: need SELL 35 AAA in lots of 25 -> 1.4 lots -> up to 2 = 50; BUY 70 BBB in lots of 100 -> 100.
+    # After: AAA 610 * 100 = 61,000 (0.61); BBB 780 * 50 = 39,000 (0.39): both past their 0.625 / 0.375 rails.
     instruments = {"AAA": inst("AAA", lot_size=25), "BBB": inst("BBB", lot_size=100)}
     p = run(policy(SIXTY_FORTY, trade_to="inner"), instruments, TWO_PX, TWO_POS, 0.0)
     t = by_id(p)
-    assert (t["AAA"].quantity, t["AAA"].note) == (25, "rounded to lots of 25 from 35")
+    assert (t["AAA"].quantity, t["AAA"].note) == (50, "rounded to lots of 25 from 35")
     assert (t["BBB"].quantity, t["BBB"].note) == (100, "rounded to lots of 100 from 70")
-    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.035)
+    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.01)
     assert drifts(p)["weight:BBB"][1] == pytest.approx(-0.01)
+
+
+def test_lot_rounding_to_target_is_to_the_nearest_lot():
+    # target: SELL 60 AAA in lots of 25 -> 2.4 lots -> 2 = 50; BUY 120 BBB in lots of 100 -> 1.2 -> 100.
+    instruments = {"AAA": inst("AAA", lot_size=25), "BBB": inst("BBB", lot_size=100)}
+    p = run(policy(SIXTY_FORTY, trade_to="target"), instruments, TWO_PX, TWO_POS, 0.0)
+    assert [(t.instrument_id, t.quantity) for t in p.trades] == [("AAA", 50), ("BBB", 100)]
+    assert drifts(p)["weight:AAA"][1] == pytest.approx(0.01)
+
+
+def test_a_targeted_proposal_that_would_leave_an_alert_open_says_so():
+    # AAA 0.66, hysteresis 0.2, edge 0.64 -> SELL 20; with ADV 100 only 10 now: AAA ends at 0.65,
+    # inside its band but at usage 1.0 > 0.8, so its alert would not resolve.
+    instruments = {"AAA": inst("AAA", adv=100), "BBB": inst("BBB")}
+    p = run(policy(SIXTY_FORTY, hysteresis=0.2), instruments, TWO_PX, TWO_POS, 0.0, limit_ids=["weight:AAA"])
+    assert [(t.instrument_id, t.quantity, t.deferred_quantity) for t in p.trades] == [("AAA", 10, 10)]
+    assert p.warnings == ("weight:AAA would stay open after the trades: band usage 1, resolves at 0.8; "
+                          "some quantity is deferred",)
 
 
 # -- 2. a sector net_weight limit ----------------------------------------------------------
@@ -181,10 +215,31 @@ def test_min_notional_drops_small_trades():
     # As the pro-rata case with min_notional 1,500: OXY's 1,200 is dropped (not deferred), so the bucket
     # ends at 27,000 + 16,200 - 12,000 = 31,200 -> 0.312, still above 0.30.
     p = run(policy([NET_ENERGY], min_notional=1_500), ENERGY, ENERGY_PX, ENERGY_POS, 24_000.0)
-    assert [t.instrument_id for t in p.trades] == ["CVX", "XOM"]
+    assert [(t.instrument_id, t.quantity, t.deferred_quantity, t.dropped_quantity) for t in p.trades] == [
+        ("CVX", 36, 0, 0), ("OXY", 0, 0, 24), ("XOM", 30, 0, 0)]
+    oxy = by_id(p)["OXY"]
+    assert (oxy.side, oxy.notional_base, oxy.est_cost_base, oxy.note) == ("SELL", 0, 0, "24 below min_notional, dropped")
     assert "OXY: SELL 24 dropped, notional 1,200.00 below min_notional 1,500.00" in p.warnings
     assert drifts(p)["net_weight:sector:Energy"][1] == pytest.approx(0.062)
     assert any(w.startswith("net_weight:sector:Energy still outside its band") for w in p.warnings)
+
+
+def test_capped_then_dropped_reports_traded_deferred_and_dropped_exactly():
+    # Issue 16's case: a need of 4,550 AAA (to target from 0.3455 at NAV 1,000,000: SELL 4,550 @ 10),
+    # ADV 2,000 x 10% = 200 now and 4,350 deferred; 200 @ 10 = 2,000 is under min_notional 5,000, so
+    # those 200 are dropped: 0 traded, 4,350 deferred, 200 dropped; nothing moves the book.
+    instruments = {"AAA": inst("AAA", adv=2_000), "BBB": inst("BBB")}
+    pol = policy([weight("AAA", 0.30, 0.02)], min_notional=5_000)
+    p = run(pol, instruments, {"AAA": (10.0, 1), "BBB": (10.0, 1)}, {"AAA": 34_550, "BBB": 65_450}, 0.0,
+            to_target=True)
+    [t] = p.trades
+    assert (t.side, t.quantity, t.deferred_quantity, t.dropped_quantity) == ("SELL", 0, 4_350, 200)
+    assert t.quantity + t.deferred_quantity + t.dropped_quantity == 4_550
+    assert (t.notional_base, t.est_cost_base) == (0, 0)
+    assert t.note == "capped at 10% of ADV 2,000: 4,350 deferred; 200 below min_notional, dropped"
+    assert "AAA: SELL 200 dropped, notional 2,000.00 below min_notional 5,000.00" in p.warnings
+    assert drifts(p) == {"weight:AAA": pytest.approx((0.0455, 0.0455))}  # what is proposed: nothing
+    assert p.total_notional_base == 0
 
 
 # -- 3. a factor exposure limit --------------------------------------------------------------
@@ -426,3 +481,29 @@ def test_edge_lands_inside_the_band_when_nothing_is_capped(prices, positions, ta
         assert -width - slack <= e.drift_after <= width + slack
         if abs(e.drift_before) <= width:  # inside already: not traded
             assert e.limit.instrument not in {t.instrument_id for t in p.trades}
+
+
+@settings(max_examples=80, deadline=None)
+@given(prices_st, positions_st, targets_st, st.floats(1_000.0, 1e6), st.floats(1.0, 1e5),
+       st.sampled_from([1.0, 10.0, 100.0]), st.floats(0.0, 50_000.0), st.sampled_from(["edge", "inner", "target"]))
+def test_after_estimates_are_what_the_proposed_quantities_do(prices, positions, targets, cash, adv, lot,
+                                                             min_notional, trade_to):
+    """Re-valuing the book with exactly the proposed quantities (not the deferred, not the dropped)
+    gives each limit's drift_after_est; a dropped quantity is never also traded, and was under
+    min_notional."""
+    instruments, px, pos, cash = _book(prices, positions, cash, adv=adv, lot_size=lot)
+    pol = policy([weight(iid, t, 0.02) for iid, t in zip(IDS, targets)], min_notional=min_notional,
+                 trade_to=trade_to)
+    p = run(pol, instruments, px, pos, cash)
+    after = dict(pos)
+    cash_after = cash
+    for t in p.trades:
+        signed = t.quantity if t.side == "BUY" else -t.quantity
+        after[t.instrument_id] = after.get(t.instrument_id, 0) + signed
+        cash_after -= signed * px[t.instrument_id][0]
+        if t.dropped_quantity:
+            assert t.quantity == 0 and t.dropped_quantity * px[t.instrument_id][0] < min_notional
+    valuation = value_book(Book("B1", positions=after, cash={"USD": cash_after}), "USD", instruments, px)
+    for e in p.limits:
+        assert e.drift_after == pytest.approx(measure(e.limit, valuation, instruments)[0] - e.limit.target,
+                                              rel=1e-9, abs=1e-9)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner
 
 from monitor.cli import main
@@ -124,3 +125,26 @@ def test_noting_quiet_limits_at_once_equals_judging_each(tmp_path, monkeypatch):
     assert noting[3] > 0 and judging[3] == 0  # the note was used, and then not
     assert len(noting[0]) > 20
     assert noting[:3] == judging[:3]
+
+
+ONBOARDING = b"""\
+{"topic":"instruments","key":"AAA","value":{"instrument_id":"AAA","currency":"USD","asset_class":"equity"}}
+{"topic":"prices","key":"AAA","value":{"instrument_id":"AAA","price":100.0,"ts":"2026-01-05T10:00:00.000Z"}}
+{"topic":"policies","key":"B1","value":{"portfolio_id":"B1","version":1,"base_currency":"USD","limits":[{"id":"w-aaa","metric":"weight","instrument":"AAA","target":0.5,"band":{"width":0.05}}]}}
+{"topic":"positions","key":"B1","value":{"portfolio_id":"B1","as_of":"2026-01-05T10:00:01.000Z","cash":{"USD":10000.0},"positions":[{"instrument_id":"AAA","quantity":100}]}}
+"""
+
+
+@pytest.mark.parametrize("tick_ms", [0, 1, 10, 1_000, 60_000])
+def test_onboarding_a_book_policy_prices_then_snapshot_emits_nothing_at_any_tick(tmp_path, tick_ms):
+    """Issue 16's log: a new book's natural order once gave a NAV_NON_POSITIVE CRITICAL stamped 1970
+    at the 10 ms tick. NAV is 20,000 and AAA on target from the first evaluation: nothing to say."""
+    log, out = tmp_path / "onboard.jsonl", tmp_path / "out.jsonl"
+    log.write_bytes(ONBOARDING)
+    result = CliRunner().invoke(main, ["replay", str(log), "--out", str(out), "--tick-ms", str(tick_ms)])
+    assert result.exit_code == 0, result.output
+    assert "replayed 4 events: 0 alert and signal events, 0 rejected" in result.output
+    assert out.read_bytes() == b""
+    engine = Engine(tick_ms * 1_000)
+    list(Replay(engine).run(ONBOARDING.splitlines()))
+    assert engine.status["B1"].nav == 20_000.0
