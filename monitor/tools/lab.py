@@ -292,12 +292,12 @@ class LabRun:
         for _, _, doc in market_records:
             if "adv" in doc:
                 self.adv[doc["instrument_id"]] = doc["adv"]
-        book_records = self._book_inputs(k, ts, ids, values)
-        for _, key, doc in market_records:
-            apply_event(self.engine, event_from_doc("instruments", doc, key, validated=False))
-        for rec in book_records:
+        first, later = (market_records, []) if k == 0 else ([], market_records)
+        for rec in first + self._book_inputs(k, ts, ids, values):
             apply_event(self.engine, event_from_doc(rec[0], rec[2], rec[1], validated=False))
         self.engine.on_prices([Price(iid, float(px), ts) for iid, px in zip(ids, row)])
+        for rec in later:  # after a timestamped event: inside this date's window, as a replay applies it
+            apply_event(self.engine, event_from_doc(rec[0], rec[2], rec[1], validated=False))
         out = self.engine.close_window(window_end(ts))
         self._route(k, out)
         self._measure(k)
@@ -386,8 +386,9 @@ def run_lab(market: Market, policies: Sequence[LabPolicy], nav: float = 100e6, f
 
 
 def log_records(market: Market, records: Mapping[str, BookRecord]) -> Iterator[Record]:
-    """The lab's input as one replay log, date by date: reference data, each book's policy, snapshot
-    and fills (books in name order, as one run feeds them), then the closes."""
+    """The lab's input as one replay log, date by date: each book's policy, snapshot and fills (books in
+    name order, as one run feeds them), then the closes; reference data first on the first date, after
+    the closes on the others (it has no event time: it joins the window open when it arrives)."""
     closes = market.closes
     ids, values, dates = list(closes.columns), closes.to_numpy(dtype=float), closes.index
     per_date: dict[int, list[Record]] = {}
@@ -396,10 +397,12 @@ def log_records(market: Market, records: Mapping[str, BookRecord]) -> Iterator[R
             per_date.setdefault(k, []).append(rec)
     for k in range(len(dates)):
         ts = format_ts(evaluation_ts(dates[k]))
-        yield from reference_update(market, k, dates, values[k])
+        reference = reference_update(market, k, dates, values[k])
+        yield from reference if k == 0 else []
         yield from per_date.get(k, [])
         for iid, px in zip(ids, values[k]):
             yield "prices", iid, {"instrument_id": iid, "price": float(px), "ts": ts}
+        yield from reference if k else []  # events without a time apply to the window open when they come
 
 
 def write_log(market: Market, records: Mapping[str, BookRecord], out: IO[bytes]) -> int:
