@@ -274,6 +274,7 @@ class LabRun:
                                            np.full((n, len(self.parsed[p.name].limits)), np.nan),
                                            np.zeros(n), np.zeros(n), np.zeros(n, dtype=int))
                         for p in self.policies}
+        self.limit_ids = {p.name: [lim.limit_id for lim in self.parsed[p.name].limits] for p in self.policies}
         self._open: dict[str, tuple[str, int]] = {}  # alert_id -> (book, date opened)
 
     def run(self) -> dict[str, BookRecord]:
@@ -294,7 +295,8 @@ class LabRun:
                 self.adv[doc["instrument_id"]] = doc["adv"]
         first, later = (market_records, []) if k == 0 else ([], market_records)
         for rec in first + self._book_inputs(k, ts, ids, values):
-            apply_event(self.engine, event_from_doc(rec[0], rec[2], rec[1], validated=False))
+            # the desk's fills are built to the contract: only the rest is schema-checked, as replay does
+            apply_event(self.engine, event_from_doc(rec[0], rec[2], rec[1], validated=rec[0] == "fills"))
         self.engine.on_prices([Price(iid, float(px), ts) for iid, px in zip(ids, row)])
         for rec in later:  # after a timestamped event: inside this date's window, as a replay applies it
             apply_event(self.engine, event_from_doc(rec[0], rec[2], rec[1], validated=False))
@@ -354,30 +356,30 @@ class LabRun:
             if watch is None:
                 continue
             states = watch.limits
-            for j, limit_id in enumerate(rec.limits["limit_id"]):
+            for j, limit_id in enumerate(self.limit_ids[name]):
                 state = states.get(limit_id)
                 if state is not None and state.last_actual is not None:
                     rec.actuals[k, j] = state.last_actual
 
 
-def _run_chunk(args: tuple[Market, list[LabPolicy], float, str, bool]) -> dict[str, BookRecord]:
-    market, policies, nav, fill, keep = args
-    return LabRun(market, policies, nav, fill, keep).run()
+def _run_one(args: tuple[Market, LabPolicy, float, str, bool]) -> dict[str, BookRecord]:
+    market, policy, nav, fill, keep = args
+    return LabRun(market, [policy], nav, fill, keep).run()
 
 
 def run_lab(market: Market, policies: Sequence[LabPolicy], nav: float = 100e6, fill: str = "next",
             jobs: int = 1, keep_outputs: bool = False) -> dict[str, BookRecord]:
-    """Every policy's record; with jobs > 1 the policies are split over that many processes (each book
-    is evaluated alone, so the split changes nothing)."""
+    """Every policy's record. With jobs > 1, each policy runs in its own engine in a pool of that many
+    processes (a book is evaluated alone, so this changes nothing but the time; policies differ
+    widely in cost, so one task per policy keeps the processes busy to the end)."""
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise ValueError("policy names must be unique")
     if jobs <= 1 or len(policies) <= 1:
         return LabRun(market, policies, nav, fill, keep_outputs).run()
-    chunks = [list(policies[i::jobs]) for i in range(jobs) if policies[i::jobs]]
     out: dict[str, BookRecord] = {}
-    with ProcessPoolExecutor(max_workers=len(chunks)) as pool:
-        for part in pool.map(_run_chunk, [(market, c, nav, fill, keep_outputs) for c in chunks]):
+    with ProcessPoolExecutor(max_workers=min(jobs, len(policies))) as pool:
+        for part in pool.map(_run_one, [(market, p, nav, fill, keep_outputs) for p in policies]):
             out.update(part)
     return out
 

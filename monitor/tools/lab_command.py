@@ -53,7 +53,7 @@ def chosen_policies(policy_files: tuple[Path, ...], with_baselines: bool, grid: 
     for path, doc in zip(policy_files, docs):
         name = str(doc.get("portfolio_id") or path.stem)
         out.append(LabPolicy.named(name if name not in {p.name for p in out} else f"{name}-{path.stem}", doc))
-    if with_baselines or not docs:
+    if with_baselines or not (docs or grid):
         out += baselines(scaled_limits(docs[0]["limits"]), base_currency=docs[0]["base_currency"]) if docs \
             else default_policies()
     if grid is not None:
@@ -71,7 +71,7 @@ def chosen_policies(policy_files: tuple[Path, ...], with_baselines: bool, grid: 
 @click.option("--policy", "policy_files", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A policy document (YAML/JSON), repeatable")
 @click.option("--baselines/--no-baselines", "with_baselines", default=False,
-              help="Also run the built-in baselines on the first policy's limits (always, without --policy)")
+              help="Also run the built-in baselines, on the first policy's limits (the default without --policy or --grid)")
 @click.option("--grid", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="YAML: `vary: {dotted.key: [values]}` (and `base:`) varies a base policy")
 @click.option("--nav", type=float, default=100e6, show_default=True, help="Opening NAV, base currency")

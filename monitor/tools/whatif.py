@@ -108,19 +108,23 @@ class Comparison:
 
     @property
     def alerts_only_current(self) -> list[dict[str, Any]]:
-        return [m for k, m in self.current.alerts.items() if k not in self.candidate.alerts]
+        return _only(self.current.alerts, self.candidate.alerts)
 
     @property
     def alerts_only_candidate(self) -> list[dict[str, Any]]:
-        return [m for k, m in self.candidate.alerts.items() if k not in self.current.alerts]
+        return _only(self.candidate.alerts, self.current.alerts)
 
     @property
     def signals_only_current(self) -> list[dict[str, Any]]:
-        return [m for k, m in self.current.signals.items() if k not in self.candidate.signals]
+        return _only(self.current.signals, self.candidate.signals)
 
     @property
     def signals_only_candidate(self) -> list[dict[str, Any]]:
-        return [m for k, m in self.candidate.signals.items() if k not in self.current.signals]
+        return _only(self.candidate.signals, self.current.signals)
+
+
+def _only(these: Mapping[Any, dict[str, Any]], those: Mapping[Any, Any]) -> list[dict[str, Any]]:
+    return [m for k, m in these.items() if k not in those]
 
 
 def compare(lines: list[bytes], candidate: Mapping[str, Any], tick: int) -> Comparison:
@@ -131,11 +135,9 @@ def compare(lines: list[bytes], candidate: Mapping[str, Any], tick: int) -> Comp
 def report_lines(c: Comparison) -> list[str]:
     """The comparison as text, differences first."""
     out = [f"alerts only with the candidate: {len(c.alerts_only_candidate)}"]
-    out += [f"  + {m['event_ts']} {m['portfolio_id']} {m['limit_id']} {m['severity']} {m['message']}"
-            for m in c.alerts_only_candidate]
+    out += [f"  + {m['event_ts']} {m['message']}" for m in c.alerts_only_candidate]
     out.append(f"alerts only with the current policy: {len(c.alerts_only_current)}")
-    out += [f"  - {m['event_ts']} {m['portfolio_id']} {m['limit_id']} {m['severity']} {m['message']}"
-            for m in c.alerts_only_current]
+    out += [f"  - {m['event_ts']} {m['message']}" for m in c.alerts_only_current]
     for label, signals in (("candidate", c.signals_only_candidate), ("current policy", c.signals_only_current)):
         out.append(f"signals only with the {label}: {len(signals)}")
         out += [f"  {s['created_ts']} {s['message']}" for s in signals]
