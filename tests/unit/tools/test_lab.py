@@ -164,3 +164,23 @@ def test_alerts_and_signals_equal_replay_of_the_log_the_lab_wrote():
         assert lab == replayed.get(name, []), name
     assert sum(len(r.outputs) for r in records.values()) > 50  # the crisis moved every book
     assert any(m["state"] == "AUTO_APPROVED" for m in records["global-20"].outputs)
+
+
+def test_the_command_on_vendor_files_with_baselines_on_the_policys_limits(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    market = two_assets([100.0, 100.0, 125.0, 130.0, 130.0], [50.0] * 5)
+    market.closes.to_csv(tmp_path / "closes.csv")
+    (tmp_path / "instruments.yaml").write_text(yaml.safe_dump(list(market.instruments)))
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(band_policy("mine", 0.05).doc))
+    run = CliRunner().invoke(main, ["lab", "--prices", str(tmp_path / "closes.csv"), "--instruments",
+                                    str(tmp_path / "instruments.yaml"), "--policy", str(tmp_path / "policy.yaml"),
+                                    "--baselines", "--nav", str(NAV), "--jobs", "1", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    results = pd.read_csv(tmp_path / "out" / "results.csv").set_index("policy")
+    assert list(results.index[:2]) == ["mine", "never"] and len(results) == 16
+    assert results.loc["mine", "trades"] == 1 and results.loc["never", "trades"] == 0
+    assert results.loc["band-20-target", "alerts"] == 1  # the baselines' 20% band is this policy's 5 points
