@@ -247,6 +247,12 @@ class BookRecord:
     inputs: list[tuple[int, Record]] = field(default_factory=list)  # (date, record) the lab fed for this book
     outputs: list[dict[str, Any]] = field(default_factory=list)  # alert and signal messages, if kept
 
+    @classmethod
+    def empty(cls, name: str, policy: Policy, dates: int) -> "BookRecord":
+        return cls(name=name, limits=_limits_table(policy), nav=np.full(dates, np.nan),
+                   actuals=np.full((dates, len(policy.limits)), np.nan), traded=np.zeros(dates),
+                   fees=np.zeros(dates), fills=np.zeros(dates, dtype=int))
+
 
 def _limits_table(policy: Policy) -> pd.DataFrame:
     rows = [{"limit_id": lim.limit_id, "metric": lim.metric, "target": lim.target,
@@ -271,10 +277,7 @@ class LabRun:
         self.reference = {d["instrument_id"]: d for d in market.instruments}
         self.adv: dict[str, float] = {}
         n = len(market.closes)
-        self.records = {p.name: BookRecord(p.name, _limits_table(self.parsed[p.name]), np.full(n, np.nan),
-                                           np.full((n, len(self.parsed[p.name].limits)), np.nan),
-                                           np.zeros(n), np.zeros(n), np.zeros(n, dtype=int))
-                        for p in self.policies}
+        self.records = {p.name: BookRecord.empty(p.name, self.parsed[p.name], n) for p in self.policies}
         self.limit_ids = {p.name: [lim.limit_id for lim in self.parsed[p.name].limits] for p in self.policies}
         self._open: dict[str, tuple[str, int]] = {}  # alert_id -> (book, date opened)
 

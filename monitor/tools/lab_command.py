@@ -1,30 +1,37 @@
-"""`monitor lab`: policies over a daily price history through the engine, with a simulated desk."""
+"""`monitor lab`: policies over a daily price history through the engine, with a simulated desk.
+
+The lab's modules (pandas, matplotlib) are imported when the command runs, not when `monitor`
+starts: every other command, the worker included, would pay for them.
+"""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
-from monitor.tools.baselines import baselines, read_grid, scaled_limits
-from monitor.tools.lab import TICK_MS, LabPolicy, Market, prepare_closes, run_lab, write_log
+if TYPE_CHECKING:
+    from monitor.tools.lab import LabPolicy, Market
 
 DEFAULT_DATASET = "skfolio-sp500"
+TICK_MS = 86_400_000  # the lab's evaluation window, monitor.tools.lab.TICK_MS (a test holds them equal)
 
 
 def default_market(dataset: str = DEFAULT_DATASET) -> Market:
     """The bundled closes with the study fund's reference data."""
     from monitor.tools.datasets import load_dataset, study_instruments
+    from monitor.tools.lab import Market, prepare_closes
 
     return Market(prepare_closes(load_dataset(dataset)), tuple(study_instruments()))
 
 
 def default_policies() -> list[LabPolicy]:
     """The default study: every baseline on the multi-strategy fund's limits."""
+    from monitor.tools.baselines import baselines
     from monitor.tools.datasets import study_limits
 
     return baselines(study_limits)
@@ -37,6 +44,7 @@ def read_documents(path: Path) -> Any:
 
 def file_market(prices: Path, instruments: Path) -> Market:
     from monitor.tools.datasets import read_closes
+    from monitor.tools.lab import Market, prepare_closes
 
     docs = read_documents(instruments)
     if not isinstance(docs, list):
@@ -46,7 +54,9 @@ def file_market(prices: Path, instruments: Path) -> Market:
 
 def chosen_policies(policy_files: tuple[Path, ...], with_baselines: bool, grid: Path | None) -> list[LabPolicy]:
     """The policies a command line asks for: files, baselines on their limits, a grid on the first."""
+    from monitor.tools.baselines import baselines, read_grid, scaled_limits
     from monitor.tools.datasets import study_limits
+    from monitor.tools.lab import LabPolicy
 
     docs = [read_documents(p) for p in policy_files]
     out: list[LabPolicy] = []
@@ -89,6 +99,7 @@ def lab_command(prices: Path | None, instruments: Path | None, dataset: str | No
                 with_baselines: bool, grid: Path | None, nav: float, start: str | None, end: str | None, fill: str,
                 auto_approve: bool, jobs: int, out: Path, events: Path | None) -> None:
     """Run rebalancing policies over daily closes through the engine; write results.csv, report.md/html."""
+    from monitor.tools.lab import LabPolicy, run_lab, write_log
     from monitor.tools.lab_figures import results_table
     from monitor.tools.lab_report import write_report
 

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from monitor.cli import main
 from monitor.tools.baselines import BAND_WIDTHS
-from monitor.tools.lab import TICK_MS
+from monitor.tools import lab_command
+from monitor.tools.lab import TICK_MS, run_lab
 from monitor.tools.lab_command import default_market, default_policies
-from monitor.tools.lab import run_lab
 from monitor.tools.lab_figures import results_table
 
 
@@ -29,6 +29,10 @@ def test_the_default_study_covers_thirty_years_and_every_baseline(study):
     assert len(market.closes.columns) == 21 and len(study) >= 12
     assert {"never", "calendar-monthly", "calendar-quarterly", "calendar-annual", "global-20", "hybrid-20"} \
         <= set(study.index)
+
+
+def test_the_command_names_the_labs_window():
+    assert lab_command.TICK_MS == TICK_MS
 
 
 def test_never_rebalancing_has_the_largest_tracking_error(study):
