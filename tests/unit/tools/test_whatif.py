@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 
+import orjson
 import pandas as pd
 import yaml
 from click.testing import CliRunner
 
 from monitor.cli import main
-from monitor.engine.model import format_ts
+from monitor.engine.model import format_ts, parse_ts
 from monitor.tools.lab import DAY, TICK_MS, LabPolicy, Market, evaluation_ts, prepare_closes, run_lab, write_log
 from monitor.tools.whatif import compare
 
@@ -74,3 +75,31 @@ def test_a_candidate_for_a_book_not_in_the_log_is_refused(tmp_path):
     (tmp_path / "other.yaml").write_text(yaml.safe_dump({**policy(NARROW), "portfolio_id": "other"}))
     run = CliRunner().invoke(main, ["whatif", str(tmp_path / "log.jsonl"), "--policy", str(tmp_path / "other.yaml")])
     assert run.exit_code != 0 and "no policy of book other" in run.output
+
+
+def test_a_range_of_topic_records_is_ordered_in_event_time_and_cut_at_until():
+    """Records of several topics and partitions, as a broker hands them, make the recorded log again."""
+    from monitor.tools.whatif import TopicRecord, ordered_log
+
+    lines = recorded_log().splitlines()
+    records = [orjson.loads(line) for line in lines]
+    cut = evaluation_ts(DATES[3])
+    stamped = []
+    for offset, r in enumerate(records):
+        kafka_ms = (evaluation_ts(DATES[0]) - 5_000_000) // 1000  # reference data and policies came first
+        stamped.append(TopicRecord(r["topic"], r["key"], orjson.dumps(r["value"]), kafka_ms, offset % 2, offset))
+    stamped.append(TopicRecord("prices", "A", b"not json", 0, 0, 10**6))
+    got = ordered_log(reversed(stamped), cut)  # arrival order across partitions is not event order
+    expected = [line for line, r in zip(lines, records)
+                if "ts" not in r["value"] and "as_of" not in r["value"]
+                or parse_ts(r["value"].get("ts") or r["value"]["as_of"]) <= cut]
+    assert [orjson.loads(x) for x in got] == [orjson.loads(x) for x in expected]
+
+
+def test_since_compares_only_what_was_emitted_from_then_on():
+    log = recorded_log()
+    since = evaluation_ts(DATES[2])
+    result = compare(log.splitlines(), policy(NARROW), DAY, since)
+    added = {(m["limit_id"], m["event_ts"]) for m in result.alerts_only_candidate}
+    assert added == {(lim, ts) for lim, ts in episodes(NARROW) - episodes(WIDE) if parse_ts(ts) >= since}
+    assert len(added) == 1
