@@ -99,6 +99,8 @@ def lab_command(prices: Path | None, instruments: Path | None, dataset: str | No
                 with_baselines: bool, grid: Path | None, nav: float, start: str | None, end: str | None, fill: str,
                 auto_approve: bool, jobs: int, out: Path, events: Path | None) -> None:
     """Run rebalancing policies over daily closes through the engine; write results.csv, report.md/html."""
+    from monitor.engine.model import Rejected
+    from monitor.engine.policy import PolicyError
     from monitor.tools.lab import LabPolicy, run_lab, write_log
     from monitor.tools.lab_figures import results_table
     from monitor.tools.lab_report import write_report
@@ -106,12 +108,15 @@ def lab_command(prices: Path | None, instruments: Path | None, dataset: str | No
     if (prices is None) != (instruments is None):
         raise click.ClickException("--prices and --instruments go together")
     began = time.perf_counter()
-    market = (file_market(prices, instruments) if prices and instruments  # type: ignore[arg-type]
-              else default_market(dataset or DEFAULT_DATASET)).between(start, end)
-    policies = chosen_policies(policy_files, with_baselines, grid)
-    if auto_approve:
-        policies = [LabPolicy(p.name, _without_approval(p.doc)) for p in policies]
-    records = run_lab(market, policies, nav=nav, fill=fill, jobs=jobs)
+    try:
+        market = (file_market(prices, instruments) if prices and instruments  # type: ignore[arg-type]
+                  else default_market(dataset or DEFAULT_DATASET)).between(start, end)
+        policies = chosen_policies(policy_files, with_baselines, grid)
+        if auto_approve:
+            policies = [LabPolicy(p.name, _without_approval(p.doc)) for p in policies]
+        records = run_lab(market, policies, nav=nav, fill=fill, jobs=jobs)
+    except (ValueError, FileNotFoundError, PolicyError, Rejected) as e:  # bad input: say why, no traceback
+        raise click.ClickException(str(e)) from None
     records = {p.name: records[p.name] for p in policies}
     results = results_table(records, market.closes)
     dates = market.closes.index

@@ -184,3 +184,21 @@ def test_the_command_on_vendor_files_with_baselines_on_the_policys_limits(tmp_pa
     assert list(results.index[:2]) == ["mine", "never"] and len(results) == 16
     assert results.loc["mine", "trades"] == 1 and results.loc["never", "trades"] == 0
     assert results.loc["band-20-target", "alerts"] == 1  # the baselines' 20% band is this policy's 5 points
+
+
+def test_the_command_says_why_it_refuses_a_policy_on_instruments_without_closes(tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    market = two_assets([100.0, 101.0], [50.0, 50.0])
+    market.closes.to_csv(tmp_path / "closes.csv")
+    (tmp_path / "instruments.yaml").write_text(yaml.safe_dump(list(market.instruments)))
+    doc = band_policy("mine", 0.05).doc
+    doc["limits"].append({"metric": "weight", "instrument": "C", "target": 0.1, "band": {"width": 0.05}})
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(doc))
+    run = CliRunner().invoke(main, ["lab", "--prices", str(tmp_path / "closes.csv"), "--instruments",
+                                    str(tmp_path / "instruments.yaml"), "--policy", str(tmp_path / "policy.yaml"),
+                                    "--jobs", "1", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 1 and "no reference data or closes for C" in run.output
