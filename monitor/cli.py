@@ -158,6 +158,8 @@ from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside
 from monitor.paper import paper_trade_command  # noqa: E402
 from monitor.replay import replay_command  # noqa: E402
 from monitor.simulate import simulate_command  # noqa: E402
+from monitor.tools.lab_command import lab_command  # noqa: E402
+from monitor.tools.whatif import whatif_command  # noqa: E402
 
 main.add_command(simulate_command)
 main.add_command(replay_command)
@@ -165,3 +167,5 @@ main.add_command(bench_command)
 main.add_command(bench_fills_command)
 main.add_command(demo_command)
 main.add_command(paper_trade_command)
+main.add_command(lab_command)
+main.add_command(whatif_command)
