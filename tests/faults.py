@@ -192,8 +192,12 @@ def alerts_match_replay(live: list[dict], expected: list[dict]) -> list[str]:
     for event_id in sorted(set(wanted) - set(by_id)):
         problems.append(f"replay only: {wanted[event_id]['message']}")
     for event_id, copies in by_id.items():
-        if any(c != copies[0] for c in copies) or (event_id in wanted and copies[0] != wanted[event_id]):
-            problems.append(f"event {event_id} differs between copies or from the replay")
+        for copy in [*copies[1:], wanted.get(event_id, copies[0])]:
+            differ = sorted(k for k in {*copy, *copies[0]} if copy.get(k) != copies[0].get(k))
+            if differ:
+                problems.append(f"event {event_id} ({copies[0]['message']}) differs between copies or from the "
+                                f"replay in {differ}: " + "; ".join(f"{k}: {copies[0].get(k)} / {copy.get(k)}"
+                                                                     for k in differ))
     opens: dict[str, set[str]] = defaultdict(set)
     for a in live:
         if a["state"] == "OPEN":

@@ -332,6 +332,9 @@ class Engine:
         rows = self._value(pids)
         for pid in pids:
             out += self._evaluate(pid, dirty[pid], rows.get(pid))
+        # Positions kept for attribution belong to this window: a book touched but not judged in it
+        # (restored and still behind its clock, or without a snapshot or policy) starts afresh.
+        self._before_fills.clear()
         if self.market_clock >= self._next_sweep:
             out += self._sweep_stale(exclude=dirty)
             for pid in sorted(self.watches):  # pending signals expire even while their book is quiet
@@ -365,9 +368,9 @@ class Engine:
 
     def _touch(self, portfolio_id: str, ts: Micros) -> None:
         if self._warming and portfolio_id in self._warming:
-            restored = self._warming[portfolio_id]
-            if ts < restored or (ts == restored and self.market_clock < restored):
-                return  # restored, and what is re-read so far is older than its state
+            if ts <= self._warming[portfolio_id]:
+                return  # restored: its state is as of this event already (judging it again would
+                # count the window's fills twice in the drift attribution)
             del self._warming[portfolio_id]  # a new event: every input before it has been re-read
         if self._dirty.get(portfolio_id, -1) < ts:
             self._dirty[portfolio_id] = ts
@@ -413,16 +416,16 @@ class Engine:
             watch.peak_nav = max(watch.peak_nav or 0.0, nav)
         uses_risk = policy.uses_risk
         risk = self._risk(policy, valuation) if uses_risk and row is None else None  # else: in the row
-        # The same book before this window's fills, at today's prices: what prices alone did.
+        # The same book before this window's fills, at today's prices, splits a drift into what prices
+        # and what fills did (attribution). Only a limit outside its band keeps a split (inside, it
+        # restarts), so the book is valued that way only once such a limit asks (`_held_actual`).
         before = self._before_fills.pop(portfolio_id, None)
-        held = value_book(Book(portfolio_id, positions=before[0], cash=before[1]), policy.base_currency,
-                          self.instruments, self.prices) if before else None
-        held_risk = self._risk(policy, held) if held is not None and uses_risk else None
+        held: list[Any] = []  # [valuation, risk] of `before`, once built
         judging = watch.stale.alert_id is None and watch.nav.alert_id is None
         measured = row is not None and nav > 0
         limits, states = policy.limits, watch.states
         worst: tuple[float, int, float] | None = None  # (usage, limit, drift) of the largest usage
-        if measured and judging and held is None:
+        if measured and judging:
             # The common case: column limits come measured from the Exposures, and those inside their
             # band with nothing open or pending (most of them) are noted at once; the rest are judged.
             assert row is not None
@@ -456,8 +459,10 @@ class Engine:
             state = states.get(limit.limit_id)
             if state is None:
                 state = states[limit.limit_id] = LimitState()
-            held_actual = measure(limit, held, self.instruments, watch.peak_nav, held_risk)[0] if held else None
-            state.attribute(actual, held_actual, usage <= 1.0, ts)
+            inside = usage <= 1.0
+            held_actual = None if inside or before is None else \
+                self._held_actual(limit, policy, before, held, watch.peak_nav)
+            state.attribute(actual, held_actual, inside, ts)
             if judging:  # a metric on stale prices neither opens nor resolves
                 event = step(state, portfolio_id, limit, policy.evaluation, policy.version, actual, ts, inputs)
                 if event is not None:
@@ -480,6 +485,16 @@ class Engine:
             oldest_input_ts=valuation.oldest_ts,
         )
         return out
+
+    def _held_actual(self, limit: Limit, policy: Policy, before: tuple[dict[str, float], dict[str, float]],
+                     held: list[Any], peak_nav: float | None) -> float | None:
+        """The limit's metric for the positions and cash held before this window's fills, at today's
+        prices; `held` caches that book's valuation and risk for the book's other limits."""
+        if not held:
+            valuation = value_book(Book(policy.portfolio_id, positions=before[0], cash=before[1]),
+                                   policy.base_currency, self.instruments, self.prices)
+            held += [valuation, self._risk(policy, valuation) if policy.uses_risk else None]
+        return measure(limit, held[0], self.instruments, peak_nav, held[1])[0]
 
     @staticmethod
     def _to_judge(watch: Watch, limits: tuple[Limit, ...], row: Row) -> list[int]:

@@ -120,7 +120,11 @@ def test_noting_quiet_limits_at_once_equals_judging_each(tmp_path, monkeypatch):
         return out, {p: w.to_dict() for p, w in engine.watches.items()}, dict(engine.status), noted
 
     noting = run()
-    monkeypatch.setattr(Engine, "_to_judge", staticmethod(lambda watch, limits, row: list(range(len(limits)))))
+    def judge_every_limit(watch, limits, row):  # what _to_judge does, but every limit is judged
+        watch.loud = watch.loud if watch.loud is not None else set()
+        return list(range(len(limits)))
+
+    monkeypatch.setattr(Engine, "_to_judge", staticmethod(judge_every_limit))
     judging = run()
     assert noting[3] > 0 and judging[3] == 0  # the note was used, and then not
     assert len(noting[0]) > 20
