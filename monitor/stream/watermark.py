@@ -42,6 +42,7 @@ class Gate(Generic[T]):
 
     def __init__(self) -> None:
         self._runs: list[list] = []  # [ts list, item list, index of the first still held], as they came
+        self._runs_oldest: Micros = AHEAD  # the least ts still held in the runs: below it, none to walk
         self._single_ts: list[Micros] = []
         self._single_items: list[T] = []
         self._held = 0
@@ -61,6 +62,7 @@ class Gate(Generic[T]):
             order = sorted(range(len(ts)), key=ts.__getitem__)  # stable: ties stay as they came
             ts, items = [ts[i] for i in order], [items[i] for i in order]
         self._runs.append([ts, items, 0])
+        self._runs_oldest = min(self._runs_oldest, ts[0])
         self._held += len(ts)
 
     def release(self, watermark: Micros) -> list[T]:
@@ -71,8 +73,12 @@ class Gate(Generic[T]):
         out: list[T] = self._single_items[:end]
         if end:
             del self._single_ts[:end], self._single_items[:end]
+        if watermark <= self._runs_oldest:
+            self._held -= len(out)
+            return out  # nothing of the runs is due: most releases while prices wait for the book stream
         kept: list[list] = []
         merge = False
+        oldest = AHEAD
         for run in self._runs:
             ts, items, start = run
             end = bisect_left(ts, watermark, start)
@@ -83,7 +89,8 @@ class Gate(Generic[T]):
             if end < len(ts):
                 run[2] = end
                 kept.append(run)
-        self._runs = kept
+                oldest = min(oldest, ts[end])
+        self._runs, self._runs_oldest = kept, oldest
         self._held -= len(out)
         if merge:  # in the order held, so a stable sort keeps ties in that order
             order = sorted(range(len(out)), key=times.__getitem__)
@@ -99,6 +106,7 @@ class Gate(Generic[T]):
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
         runs, singles = self._runs, list(zip(self._single_ts, self._single_items))
         self._runs, self._single_ts, self._single_items, self._held = [], [], [], 0
+        self._runs_oldest = AHEAD
         for ts, items, start in runs:
             keep = [k for k in range(start, len(ts)) if not unwanted(items[k])]
             if keep:
