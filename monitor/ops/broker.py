@@ -272,6 +272,31 @@ class LocalKafka:
             self._owner_lock = None
         atexit.unregister(self.stop)
 
+    def restart(self, down_for: float = 0.0, timeout: float = 60) -> None:
+        """A broker outage: stop the JVM (SIGTERM, SIGKILL after 10 s), stay down `down_for` seconds,
+        start it again on the same port and data dir, and return once it answers again."""
+        proc, self._proc = self._proc, None
+        if proc is None or self._data_dir is None:
+            raise RuntimeError("LocalKafka is not started")
+        terminate(proc, grace=10.0)
+        time.sleep(down_for)
+        deadline = time.monotonic() + timeout
+        try:
+            self._launch(_java(), kafka_lib_dir(), self._data_dir / "server.properties")
+            self._wait_until_ready(deadline, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def pause(self) -> None:
+        """SIGSTOP the JVM: a broker that hangs (GC pause, frozen VM) without closing its sockets."""
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self._proc is not None:
+            os.killpg(self._proc.pid, signal.SIGCONT)
+
     def __enter__(self) -> LocalKafka:
         return self.start()
 
