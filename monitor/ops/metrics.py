@@ -45,6 +45,8 @@ GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "growing while monitor_gate_held_events stays up is a stall")
 INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
                          "1 once both streams have been read to their end and the gate is empty (since start)")
+CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors logged by the Kafka client libraries "
+                            "(logged at most once per 10 s per message; a broker outage shows here)", ["library"])
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")

@@ -463,6 +463,9 @@ def run(settings: Settings) -> None:
     loop.run_until_complete(ensure_topics(settings))
     loop.close()
     asyncio.set_event_loop(asyncio.new_event_loop())
+    from monitor.ops.logging import REPEATS
+
+    REPEATS.count = lambda library: metrics.CLIENT_LOG_ERRORS.labels(library).inc()
     metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("metrics served", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     worker = Worker(settings)

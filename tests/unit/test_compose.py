@@ -34,7 +34,7 @@ GAUGES = {c._name for c in _COLLECTORS if isinstance(c, Gauge)}
 HISTOGRAMS = {c._name for c in _COLLECTORS if isinstance(c, Histogram)}
 METRICS = COUNTERS | GAUGES | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 ALLOWED_SERIES = METRICS | {"up", "process_start_time_seconds"}  # the last from prometheus_client's process collector
-KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "loop", "le", "job", "instance"}
+KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "loop", "library", "le", "job", "instance"}
 
 
 # ---------------------------------------------------------------- helpers
