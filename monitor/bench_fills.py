@@ -21,11 +21,13 @@ import os
 import platform
 import random
 import signal
+import subprocess
 import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import click
 import orjson
@@ -163,10 +165,6 @@ async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: floa
     return time.perf_counter() - began, sent_prices
 
 
-def _sample(url: str) -> dict:
-    return scrape(url)
-
-
 def _fills_lag_p50(before: dict, after: dict) -> float:
     """Median event lag of the fills applied between two scrapes, from the histogram's buckets."""
     prefix = "monitor_event_lag_seconds_bucket"
@@ -204,7 +202,7 @@ def _changelog_sizes(settings: Settings) -> tuple[int, int, int]:
     return asyncio.run(go())
 
 
-def _wait(check, timeout: float, what: str, proc) -> float:  # type: ignore[no-untyped-def]
+def _wait(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]) -> float:
     began = time.perf_counter()
     while time.perf_counter() - began < timeout:
         if proc.poll() is not None:
@@ -245,12 +243,12 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
     try:
         _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_gate_held_events", ())) == 0,
               300, "the books to be read", proc)
-        before = _sample(url)
+        before = scrape(url)
         fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
-        mid = _sample(url)
+        mid = scrape(url)
         catch_up = _wait(lambda: consumed("fills") >= day.fills
                          and scrape(url).get(("monitor_gate_held_events", ())) == 0, 600, "the fills applied", proc)
-        after = _sample(url)
+        after = scrape(url)
         rss = _peak_rss_mb(proc.pid)
         records, size, largest = _changelog_sizes(settings)
         if restart_prices:

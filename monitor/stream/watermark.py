@@ -99,8 +99,8 @@ class Gate(Generic[T]):
 
     def oldest(self) -> Micros | None:
         """The least event time held, None when empty."""
-        firsts = [ts[start] for ts, _, start in self._runs] + self._single_ts[:1]
-        return min(firsts, default=None)
+        oldest = min([self._runs_oldest, *self._single_ts[:1]])
+        return None if oldest == AHEAD else oldest
 
     def drop(self, unwanted: Callable[[T], bool]) -> None:
         """Forget held items (e.g. book events of partitions this worker no longer owns)."""
