@@ -36,6 +36,18 @@ NAV_LIMIT_ID = "book:nav"
 RECONCILIATION_LIMIT_ID = "book:reconciliation"
 
 
+class MarketState(NamedTuple):
+    """The market as the engine holds it: what a restart starts from instead of the price history.
+
+    `judged` is, per book, the newest event time its state has taken in (its clock, or the newest
+    event of the open window that touched it): every price that moves the book and is in `prices`
+    is at or before it."""
+
+    prices: dict[str, tuple[float, Micros]]  # instrument_id -> (latest price, its ts)
+    next_sweep: Micros
+    judged: dict[str, Micros]
+
+
 class BookStatus(NamedTuple):
     """The headline numbers of a book after its latest evaluation (for metrics and the API).
     Named tuples, here and for `Quiet`: built per book evaluation, a frozen dataclass costs ~3x more."""
@@ -312,6 +324,20 @@ class Engine:
             self.clock[pid] = max(self.clock.get(pid, 0), watch.clock)
             # Judged again only once the market, re-read from its topics, is back at that time.
             self._warming[pid] = self.clock[pid]
+
+    def market_state(self) -> MarketState:
+        judged = {pid: max(self.clock.get(pid, 0), self._dirty.get(pid, 0))
+                  for pid in self.books.keys() | self.policies.keys()}
+        return MarketState(dict(self.prices), self._next_sweep, judged)
+
+    def restore_market(self, state: MarketState) -> None:
+        """Latest prices (and the stale sweep's schedule) from a `market_state` of an earlier run. Prices
+        read afterwards update them as ever: one older than the price held is ignored."""
+        for iid, (price, ts) in state.prices.items():
+            self.prices[iid] = (price, ts)
+            self.exposures.set_price(iid, price, ts)
+            self.market_clock = max(self.market_clock, ts)
+        self._next_sweep = state.next_sweep
 
     def changes(self) -> list[BookChange]:
         """The books whose snapshot or fills changed since the last call, and what they let go."""

@@ -42,9 +42,10 @@ from aiokafka.errors import KafkaError
 from monitor.engine import Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
 from monitor.engine.engine import Event
 from monitor.engine.signals import Decision
-from monitor.engine.model import Micros
+from monitor.engine.model import Micros, format_ts
 from monitor.ops import metrics
 from monitor.ops.config import Settings
+from monitor.stream import checkpoint
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
@@ -148,7 +149,12 @@ class Worker:
         # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
         # its own: one callback, which reads all three, is enough.
         self.tables.inputs.on_recover(self._restore)
-        self._persisted_peaks: dict[str, float | None] = {}
+        self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
+        self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
+        self._resume: dict[str, Micros] | None = None  # at the first recovery: each book's time to judge it from
+        self._recovered_once = asyncio.Event()
+        self._settled: Micros = 0  # every price stamped before it has been read and applied
+        self._checkpoints_written = 0
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
 
         self.gate: Gate[Price | StagedBookEvent] = Gate()
@@ -162,6 +168,7 @@ class Worker:
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
         app.timer(1.0)(_loud("book-metrics", self._publish_book_metrics))
+        app.timer(settings.checkpoint_s)(_loud("price-checkpoint", self._checkpoint_prices))
 
     # -- book events -------------------------------------------------------------------
 
@@ -260,6 +267,9 @@ class Worker:
             for staged in recovered.inputs:
                 self.gate.hold(staged.ts, staged)
             self.progress.recovered = True
+            if self._resume is None:
+                self._resume = _resume_times(recovered)
+                self._recovered_once.set()
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
                      policies=len(recovered.policies), inputs=len(recovered.inputs))
@@ -272,6 +282,8 @@ class Worker:
             book_mark = self.progress.book_mark(self.app.consumer)
             market = self.progress.market
             watermark = min(market.mark, book_mark)
+            if self.progress.price_read:
+                self._settled = max(self._settled, min(watermark, *self.progress.price_read.values()))
             tick = self.engine.tick
             prices: list[Price] = []
             released = self.gate.release(watermark)
@@ -305,16 +317,14 @@ class Worker:
     async def _market_data(self) -> None:
         topics = [self.settings.topic(t) for t in MARKET_TOPICS]
         consumer = AIOKafkaConsumer(
-            *topics,
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=None,  # a broadcast: every worker reads every partition
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
         await consumer.start()
-        log.info("market data consumer started", topics=topics,
-                 seconds_since_start=round(time.monotonic() - self._started, 3))
         try:
+            await self._start_market(consumer, topics)
             while True:
                 gate_full = len(self.gate) >= MAX_HELD
                 if self.progress.price_partitions_to_read(consumer, gate_full, self.app.consumer):
@@ -329,6 +339,27 @@ class Worker:
                 await self._drain()
         finally:
             await consumer.stop()
+
+    async def _start_market(self, consumer: AIOKafkaConsumer, topics: list[str]) -> None:
+        """Every partition of the market topics, reference data from the start; prices from the newest
+        usable checkpoint (checkpoint.py), else from the start. Waits for the books' first recovery,
+        which says from when each book is judged again."""
+        tps = await checkpoint.partitions(self.settings, topics)
+        consumer.assign(tps)
+        await self._recovered_once.wait()
+        prices = [tp for tp in tps if tp.topic == self.settings.topic("prices")]
+        resume = self._resume or {}
+        found = checkpoint.choose(await checkpoint.read_all(self.settings), resume)
+        if found is None:
+            log.info("no usable price checkpoint: prices read from the start of the topic", books=len(resume))
+        else:
+            async with self._lock:
+                self.engine.restore_market(found.state)
+            await checkpoint.seek_prices(consumer, prices, found.mark)
+            log.info("prices restored from a checkpoint", mark=format_ts(found.mark),
+                     instruments=len(found.state.prices), books=len(resume))
+        log.info("market data consumer started", topics=topics,
+                 seconds_since_start=round(time.monotonic() - self._started, 3))
 
     async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
         """One batch (records by partition): reference data goes to the engine at once, then prices
@@ -432,8 +463,25 @@ class Worker:
     async def _save_watch(self, pid: str) -> None:
         watch = self.engine.watches.get(pid)
         if watch is not None:
-            self._persisted_peaks[pid] = watch.peak_nav
+            self._persisted[pid] = (watch.peak_nav, watch.clock)
             await self.tables.save_watch(pid, watch)
+
+    async def _checkpoint_prices(self) -> None:
+        """Every `checkpoint_s`: the watches whose clock moved (a later restart resumes them from
+        there), then the engine's market state (checkpoint.py). Not before anything is settled."""
+        if not self.progress.recovered or not self._settled:
+            return
+        for pid, watch in list(self.engine.watches.items()):
+            if self._persisted.get(pid, (None, None))[1] != watch.clock:
+                await self._save_watch(pid)
+                await asyncio.sleep(0)
+        async with self._lock:
+            found = checkpoint.Checkpoint(self._settled, self.engine.market_state())
+        partitions = {p for _, p in self.progress.book_start}
+        writer = f"p{min(partitions)}" if partitions else "none"
+        for key, value in found.records(writer, self._checkpoints_written % checkpoint.SLOTS):
+            await self.checkpoints.send(key=key, value=value, force=True)
+        self._checkpoints_written += 1
 
     async def _publish_book_metrics(self) -> None:
         """Once a second: book gauges, and the peak NAVs that moved (drawdown survives a restart).
@@ -450,9 +498,23 @@ class Worker:
         oldest = self.gate.oldest()
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
         for pid, watch in list(self.engine.watches.items()):
-            if self._persisted_peaks.get(pid) != watch.peak_nav:
+            if self._persisted.get(pid, (None, None))[0] != watch.peak_nav:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
+
+
+def _resume_times(recovered: Any) -> dict[str, Micros]:
+    """Per book with a snapshot, the event time it is judged again from after a restart: its watch's
+    clock, or for a book not judged yet, its first recorded input. (A book without a snapshot is not
+    judged: nothing of the market can be ahead of it.)"""
+    first: dict[str, Micros] = {}
+    valued: set[str] = set()
+    for staged in recovered.inputs:  # in event-time order
+        first.setdefault(staged.event.portfolio_id, staged.ts)
+        if isinstance(staged.event, Snapshot):
+            valued.add(staged.event.portfolio_id)
+    watches = recovered.watches
+    return {pid: watches[pid].clock if pid in watches and watches[pid].clock else first[pid] for pid in valued}
 
 
 def run(settings: Settings) -> None:
@@ -461,6 +523,7 @@ def run(settings: Settings) -> None:
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(ensure_topics(settings))
+    loop.run_until_complete(checkpoint.ensure_topic(settings))
     loop.close()
     asyncio.set_event_loop(asyncio.new_event_loop())
     from monitor.ops.logging import REPEATS
