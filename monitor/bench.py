@@ -30,7 +30,7 @@ import click
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from monitor.ops.config import Settings
+from monitor.ops.config import KafkaSecurity, Settings
 from monitor.ops.metrics import scrape
 from monitor.ops.processes import free_ports, spawn, terminate
 from monitor.simulate import Market, MarketConfig, format_ts
@@ -59,7 +59,8 @@ class Drain:
 async def _raw_drain(bootstrap: str, topic: str, count: int) -> tuple[int, float]:
     """The Python client's limit: getmany + orjson into a dict, nothing else."""
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20)
+                                enable_auto_commit=False, max_partition_fetch_bytes=4 << 20,
+                                **KafkaSecurity.from_env().client_options())
     await consumer.start()
     n, began = 0, None
     try:
@@ -81,7 +82,8 @@ def _naive_faust(bootstrap: str, topic: str, count: int, cap_seconds: float, par
     import faust
 
     app = faust.App(f"bench-naive-{uuid.uuid4().hex[:6]}", broker=f"kafka://{bootstrap}", store="memory://",
-                    web_enabled=False, consumer_auto_offset_reset="earliest")
+                    web_enabled=False, consumer_auto_offset_reset="earliest",
+                    **KafkaSecurity.from_env().faust_options())
     prices = app.topic(topic, value_serializer="raw", key_serializer="raw")
     table = app.Table("latest-price", key_type=str, partitions=partitions)  # co-partitioned with the prices
     state = {"n": 0, "began": 0.0}
@@ -125,7 +127,7 @@ async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tup
     """Reference data, then `prices` price ticks and the fills between them; (prices, fills, seconds)."""
     market = Market(config)
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20,
-                                max_batch_size=512 * 1024, acks=1)
+                                max_batch_size=512 * 1024, acks=1, **settings.kafka_security.client_options())
     await producer.start()
     began = time.perf_counter()
     n_prices = n_fills = 0
@@ -245,7 +247,8 @@ async def _feed(bootstrap: str, topic: str, rate: float, seconds: float, config:
     ticks = [(e.key.encode(), e.value) for e in
              itertools.islice((e for e in market.ticks() if e.topic == "prices"), int(rate * FEED_CYCLE_S))]
     loop = ticks + ticks[::-1]  # forth and back: each instrument's path stays continuous
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=1, acks=1,
+                                **KafkaSecurity.from_env().client_options())
     await producer.start()
     try:
         began = time.time()
@@ -271,7 +274,7 @@ async def _latency(settings: Settings, config: MarketConfig, rate: float, second
     """Live prices at `rate`/s for `seconds` from a feed process; per alert, ms from its event ts to
     the alert readable on drift-alerts, and to its emission by the worker (its detected_ts)."""
     consumer = AIOKafkaConsumer(settings.topic("drift-alerts"), bootstrap_servers=settings.bootstrap_servers,
-                                group_id=None, auto_offset_reset="latest")
+                                group_id=None, auto_offset_reset="latest", **settings.kafka_security.client_options())
     await consumer.start()
     await consumer.seek_to_end()
     latencies: list[tuple[float, float]] = []  # ms to readable, ms to emitted by the worker
@@ -357,7 +360,7 @@ def _market(books: int, instruments: int, seed: int = 42) -> MarketConfig:
 def _preloaded(bootstrap: str, config: MarketConfig, prices: int) -> tuple[Settings, tuple[int, int, float]]:
     """Fresh topics (their own prefix; a free /metrics port for the worker) preloaded with the market."""
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
-                        partitions=4, metrics_port=free_ports()[0])
+                        partitions=4, metrics_port=free_ports()[0], kafka_security=KafkaSecurity.from_env())
     asyncio.run(ensure_topics(settings))
     return settings, asyncio.run(_preload(settings, config, prices))
 

@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from monitor.bench import _code_version, _peak_rss_mb, _spawn_worker
 from monitor.engine import Engine, Fill, Instrument, Price, Snapshot, format_ts, parse_policy
-from monitor.ops.config import Settings
+from monitor.ops.config import KafkaSecurity, Settings
 from monitor.ops.metrics import scrape
 from monitor.ops.processes import free_ports, terminate
 from monitor.stream.topics import ensure_topics
@@ -120,7 +120,8 @@ def engine_fill_cost(day: Day, tick_us: int) -> tuple[float, float, float]:
 
 async def _produce(settings: Settings, messages: list[tuple[str, str, dict]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=20,
-                                max_batch_size=512 * 1024, max_request_size=8 << 20, acks=1)
+                                max_batch_size=512 * 1024, max_request_size=8 << 20, acks=1,
+                                **settings.kafka_security.client_options())
     await producer.start()
     try:
         for topic, key, value in messages:
@@ -133,7 +134,7 @@ async def _produce(settings: Settings, messages: list[tuple[str, str, dict]]) ->
 async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: float) -> tuple[float, int]:
     """Prices and fills at their rates, stamped now, in 10 ms slices; (seconds, prices sent)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
-                                max_batch_size=512 * 1024, acks=1)
+                                max_batch_size=512 * 1024, acks=1, **settings.kafka_security.client_options())
     await producer.start()
     rng = random.Random(day.seed + 1)
     ids = day.instrument_ids
@@ -184,7 +185,8 @@ def _changelog_sizes(settings: Settings) -> tuple[int, int, int]:
         app = settings.topic(settings.app_id)
         topics = [f"{app}-{t}-changelog" for t in ("policies", "watches", "book-inputs")]
         consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+                                    auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
+                                    **settings.kafka_security.client_options())
         await consumer.start()
         n = size = largest = 0
         quiet = time.monotonic()
@@ -226,7 +228,8 @@ def _log_seconds(log: Path, marker: str) -> float | None:
 def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, restart_prices: int,
               workdir: Path) -> list[str]:
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bf{uuid.uuid4().hex[:6]}-", partitions=4,
-                        metrics_port=free_ports()[0], data_dir=str(workdir / "data"))
+                        metrics_port=free_ports()[0], data_dir=str(workdir / "data"),
+                        kafka_security=KafkaSecurity.from_env())
     asyncio.run(ensure_topics(settings))
     t0 = time.time_ns() // 1_000 - 10 * SEC
     setup = [("instruments", iid, day.instrument(iid)) for iid in day.instrument_ids]

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from monitor.engine.policy import PolicyError
-from monitor.ops.config import Settings
+from monitor.ops.config import ConfigError, Settings
 
 
 def _settings(**flags: object) -> Settings:
@@ -25,7 +25,8 @@ def _publish(settings: Settings, topic: str, records: list[tuple[str, dict[str, 
     from aiokafka import AIOKafkaProducer
 
     async def send() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                                    **settings.kafka_security.client_options())
         await producer.start()
         try:
             for key, doc in records:
@@ -36,7 +37,16 @@ def _publish(settings: Settings, topic: str, records: list[tuple[str, dict[str, 
     asyncio.run(send())
 
 
-@click.group()
+class _Main(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        """A refused setting (ConfigError, e.g. KAFKA_SECURITY_PROTOCOL) ends any command with its message."""
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Main)
 @click.version_option(package_name="drift-monitor")
 def main() -> None:
     """Real-time drift monitor: book exposures against policy targets and bands, on Kafka."""
@@ -53,11 +63,15 @@ def main() -> None:
 @click.option("--data-dir", help="Faust's local state directory [env MONITOR_DATA_DIR]")
 def worker(**flags: object) -> None:
     """Consume prices, fills, snapshots and policies; emit drift alerts; serve /metrics."""
+    import asyncio
+
+    from monitor.ops.kafka_access import check_access
     from monitor.ops.logging import configure
     from monitor.stream.worker import run
 
     settings = _settings(**flags)
     configure(settings.log_format, settings.log_level)
+    asyncio.run(check_access(settings))  # a refused password or certificate: exit now, naming the setting
     run(settings)
 
 

@@ -23,7 +23,7 @@ import click
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from monitor.ops.config import Settings
+from monitor.ops.config import KafkaSecurity, Settings
 from monitor.ops.metrics import scrape
 from monitor.ops.processes import free_ports, spawn, terminate
 from monitor.paper import FILL_ID_PREFIX
@@ -83,7 +83,7 @@ async def _watch_alerts(settings: Settings, seconds: float | None, summary: Demo
         loop.add_signal_handler(sig, stop.set)
     alerts, signals = settings.topic("drift-alerts"), settings.topic("rebalance-signals")
     consumer = AIOKafkaConsumer(alerts, signals, settings.topic("fills"), bootstrap_servers=settings.bootstrap_servers,
-                                group_id=None, auto_offset_reset="earliest")
+                                group_id=None, auto_offset_reset="earliest", **settings.kafka_security.client_options())
     await consumer.start()
     deadline = time.monotonic() + seconds if seconds else None
     try:
@@ -116,7 +116,8 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
     with kafka_cluster() as bootstrap:
         prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=2,
-                            metrics_port=free_ports()[0], data_dir=str(workdir / "worker-data"))
+                            metrics_port=free_ports()[0], data_dir=str(workdir / "worker-data"),
+                            kafka_security=KafkaSecurity.from_env())
         asyncio.run(ensure_topics(settings))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MONITOR_TOPIC_PREFIX": prefix,
                "MONITOR_PARTITIONS": "2", "MONITOR_METRICS_PORT": str(settings.metrics_port),

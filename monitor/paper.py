@@ -151,8 +151,10 @@ async def run_paper_trader(settings: Settings, stop: asyncio.Event | None = None
     prices_topic = settings.topic("prices")
     consumer = AIOKafkaConsumer(prices_topic, settings.topic("rebalance-signals"),
                                 bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                **settings.kafka_security.client_options())
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+                                **settings.kafka_security.client_options())
     await consumer.start()
     await producer.start()
     log.info("paper trader started", prices=prices_topic, signals=settings.topic("rebalance-signals"),

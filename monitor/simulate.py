@@ -564,7 +564,8 @@ async def run(settings: Settings, config: MarketConfig, duration: float | None,
         if not future.cancelled() and future.exception() is not None:
             failures.append(future.exception())  # type: ignore[arg-type]
 
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5, acks="all",
+                                **settings.kafka_security.client_options())
     await producer.start()
     opened = began = loop.time()
     paper: _PaperShell | None = None
@@ -646,7 +647,8 @@ class _PaperShell:
         from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(settings.topic("rebalance-signals"), bootstrap_servers=settings.bootstrap_servers,
-                                    group_id=None, auto_offset_reset="latest", enable_auto_commit=False)
+                                    group_id=None, auto_offset_reset="latest", enable_auto_commit=False,
+                                    **settings.kafka_security.client_options())
         await consumer.start()
         await consumer.seek_to_end()  # positioned before the session's first event is produced
         return cls(consumer)

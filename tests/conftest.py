@@ -21,7 +21,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from monitor.ops.config import Settings
+from monitor.ops.config import KafkaSecurity, Settings
 from monitor.ops.metrics import Sample, scrape
 from monitor.ops.processes import free_ports, spawn, terminate
 
@@ -46,7 +46,8 @@ def produce(settings: Settings, messages: list[tuple[str, str | None, Any]]) -> 
     """Send (logical topic, key, value) in order; a value that is not bytes is JSON-encoded."""
 
     async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+                                    **settings.kafka_security.client_options())
         await producer.start()
         try:
             sent = []
@@ -65,7 +66,8 @@ def consume(settings: Settings, topic: str, until: Callable[[list[dict]], bool],
 
     async def go() -> list[dict]:
         consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.bootstrap_servers,
-                                    group_id=None, auto_offset_reset="earliest")
+                                    group_id=None, auto_offset_reset="earliest",
+                                    **settings.kafka_security.client_options())
         await consumer.start()
         records: list[dict] = []
         deadline = time.monotonic() + timeout
@@ -103,7 +105,8 @@ class WorkerProcess:
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+    inherited = {k: v for k, v in os.environ.items() if k not in KafkaSecurity.ENV.values()}
+    return {**inherited, **settings.kafka_security.as_env(), "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
             "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
             "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": settings.data_dir,
             "MONITOR_SESSION_TIMEOUT_S": str(settings.session_timeout_s), "MONITOR_STALL_EXIT_S": str(settings.stall_exit_s),

@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer
 
 from monitor.engine import Engine, format_ts
 from monitor.stream.worker import EXIT_STALLED
-from monitor.ops.config import Settings
+from monitor.ops.config import KafkaSecurity, Settings
 from monitor.replay import Replay, write_events
 
 Message = tuple[str, str, Any]  # (logical topic, key, value)
@@ -131,11 +131,13 @@ def replay_alerts(messages: list[Message], tick: int) -> list[dict]:
     return [r["value"] for r in records if r["topic"] == "drift-alerts"]
 
 
-def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5) -> list[tuple[bytes | None, bytes | None]]:
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaSecurity = KafkaSecurity()
+               ) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of a topic, read to its end."""
 
     async def go() -> list[tuple[bytes | None, bytes | None]]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                    **security.client_options())
         await consumer.start()
         try:
             out: list[tuple[bytes | None, bytes | None]] = []
@@ -157,7 +159,7 @@ def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], flo
     changelog (last record per key, tombstones deleting), folded like `recompute_books`."""
     topic = f"{settings.topic(settings.app_id)}-book-inputs-changelog"
     latest: dict[bytes | None, bytes | None] = {}
-    for key, value in read_topic(settings.bootstrap_servers, topic):
+    for key, value in read_topic(settings.bootstrap_servers, topic, security=settings.kafka_security):
         latest[key] = value
     messages: list[tuple[str, str, Any, int]] = []
     for value in latest.values():

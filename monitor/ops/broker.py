@@ -31,6 +31,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from types import FrameType
@@ -82,6 +83,40 @@ _SINGLE_NODE = {
     "auto.create.topics.enable": "true",
     "group.initial.rebalance.delay.ms": "0",
 }
+
+
+@dataclass(frozen=True)
+class SecuredListener:
+    """A SASL_SSL listener for LocalKafka, beside its PLAINTEXT one (which the broker, its controller
+    and the readiness check keep using on loopback): what a fund's cluster asks of a client.
+
+    `keystore` is a PEM file holding the broker's private key (PKCS#8, unencrypted) and its
+    certificate chain; `truststore` the PEM CA certificate that client certificates must chain to.
+    The SCRAM `users` (name -> password) are created when the storage is formatted.
+    """
+
+    keystore: Path
+    truststore: Path
+    users: Mapping[str, str] = field(repr=False)
+    mechanism: str = "SCRAM-SHA-512"
+    client_auth: str = "required"  # ssl.client.auth: "required" makes clients present a certificate
+
+    def server_properties(self) -> dict[str, str]:
+        return {
+            "sasl.enabled.mechanisms": self.mechanism,
+            f"listener.name.sasl_ssl.{self.mechanism.lower()}.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(self.keystore),
+            "listener.name.sasl_ssl.ssl.truststore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.truststore.location": str(self.truststore),
+            "listener.name.sasl_ssl.ssl.client.auth": self.client_auth,
+        }
+
+    def format_args(self) -> list[str]:
+        """`kafka-storage format` arguments that create the SCRAM users (no broker round trip needed)."""
+        return [arg for name, password in self.users.items()
+                for arg in ("--add-scram", f"{self.mechanism}=[name={name},password={password}]")]
 
 
 class KafkaUnavailable(RuntimeError):
@@ -212,11 +247,14 @@ class LocalKafka:
     (normally the main thread).
     """
 
-    def __init__(self, port: int = 0, *, config: Mapping[str, str] | None = None) -> None:
-        """`port` 0 picks a free one; `config` adds or overrides server.properties entries."""
+    def __init__(self, port: int = 0, *, config: Mapping[str, str] | None = None,
+                 secured: SecuredListener | None = None) -> None:
+        """`port` 0 picks a free one; `config` adds or overrides server.properties entries;
+        `secured` adds a SASL_SSL listener on a free port (`secured_bootstrap_servers`)."""
         self._wanted_port = port
         self._extra_config = dict(config or {})
-        self._port = 0
+        self._secured = secured
+        self._port = self._secured_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._data_dir: Path | None = None
         self._owner_lock: IO[str] | None = None
@@ -226,6 +264,13 @@ class LocalKafka:
         if self._proc is None:
             raise RuntimeError("LocalKafka is not started")
         return f"127.0.0.1:{self._port}"
+
+    @property
+    def secured_bootstrap_servers(self) -> str:
+        """The SASL_SSL listener's address (the name the broker's certificate must carry: 127.0.0.1)."""
+        if self._proc is None or self._secured is None:
+            raise RuntimeError("LocalKafka is not started with a secured listener")
+        return f"127.0.0.1:{self._secured_port}"
 
     @property
     def pid(self) -> int | None:
@@ -309,7 +354,7 @@ class LocalKafka:
         self._data_dir = Path(tempfile.mkdtemp(prefix=_DATA_DIR_PREFIX))
         self._owner_lock = open(self._data_dir / _OWNER_LOCK, "w")  # noqa: SIM115 (held until stop)
         fcntl.flock(self._owner_lock, fcntl.LOCK_EX)
-        port, controller_port = free_ports(2)
+        port, controller_port, self._secured_port = free_ports(3)
         self._port = self._wanted_port or port
         props = self._data_dir / "server.properties"
         props.write_text(self._server_properties(controller_port))
@@ -320,6 +365,7 @@ class LocalKafka:
         cmd = [
             java, "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-cp", f"{lib}/*",
             "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(props),
+            *(self._secured.format_args() if self._secured else ()),
         ]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(deadline - time.monotonic(), 1))
         if done.returncode != 0:
@@ -337,15 +383,18 @@ class LocalKafka:
 
     def _server_properties(self, controller_port: int) -> str:
         assert self._data_dir is not None
+        listeners = {"PLAINTEXT": self._port} | ({"SASL_SSL": self._secured_port} if self._secured else {})
+        advertised = ",".join(f"{name}://127.0.0.1:{port}" for name, port in listeners.items())
         props = {
             **_SINGLE_NODE,
             "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self._port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self._port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": f"{advertised},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": advertised,
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
             "log.dirs": str(self._data_dir / "kraft"),
             "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),  # 128 MiB default, heap is 512
+            **(self._secured.server_properties() if self._secured else {}),
             **self._extra_config,
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())

@@ -16,7 +16,8 @@ from monitor.stream.tables import MAX_RECORD_BYTES
 
 async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPICS) -> None:
     """Create the missing topics (compacted where the contract says so); existing ones are fine."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                                **settings.kafka_security.client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())

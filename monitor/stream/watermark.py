@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from monitor.engine.model import Micros
+from monitor.ops.config import KafkaSecurity
 
 AHEAD: Micros = 2**62  # "read to the end": holds nothing back
 T = TypeVar("T")
@@ -241,16 +242,19 @@ class Progress:
 
 
 
-async def start_offsets(bootstrap_servers: str, group_id: str, tps: Iterable[tuple[str, int]]
-                        ) -> dict[tuple[str, int], int]:
+async def start_offsets(bootstrap_servers: str, group_id: str, tps: Iterable[tuple[str, int]],
+                        security: KafkaSecurity | None = None) -> dict[tuple[str, int], int]:
     """Where a group's consumer starts on each partition: its committed offset, or the log's start
     offset where it has none (the worker reads from the earliest). Asked of the broker, not of the
-    framework's private fields, which are empty for a partition without a committed offset."""
+    framework's private fields, which are empty for a partition without a committed offset.
+    `security` None: the KAFKA_* settings of the environment (the worker's own)."""
     wanted = [TopicPartition(t, p) for t, p in tps]
     if not wanted:
         return {}
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
+    client_options = (security or KafkaSecurity.from_env()).client_options()
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False,
+                                **client_options)
     await admin.start()
     await consumer.start()
     try:

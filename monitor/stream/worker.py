@@ -140,6 +140,7 @@ class Worker:
             # default is 60 s: a restarted worker would wait that long to get its books back).
             broker_session_timeout=settings.session_timeout_s,
             broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
+            **settings.kafka_security.faust_options(),
         )
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
@@ -321,6 +322,7 @@ class Worker:
             group_id=None,  # a broadcast: every worker reads every partition
             auto_offset_reset="earliest",
             enable_auto_commit=False,
+            **self.settings.kafka_security.client_options(),
         )
         await consumer.start()
         try:

@@ -175,7 +175,8 @@ async def read_topics(settings: Settings) -> list[TopicRecord]:
     """Every record of the input topics, from the beginning to their ends as of now."""
     from aiokafka import AIOKafkaConsumer
 
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                             **settings.kafka_security.client_options())
     await probe.start()
     try:
         existing = await probe.topics()
@@ -186,7 +187,8 @@ async def read_topics(settings: Settings) -> list[TopicRecord]:
         return []
     # Without a group the consumer is given every partition of its topics.
     consumer = AIOKafkaConsumer(*names, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                **settings.kafka_security.client_options())
     await consumer.start()
     try:
         parts = list(consumer.assignment())
