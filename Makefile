@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DEMO_SECONDS
 
-.PHONY: demo test unit integration faults install kafka tools bench clean
+.PHONY: demo test unit integration faults install kafka tools dashboard bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
@@ -24,6 +24,10 @@ kafka: $(STAMP)
 # (apt-get install only when one is missing).
 tools:
 	sh deploy/install-tools.sh
+
+# The Grafana dashboard is generated: edit deploy/grafana/dashboard.py, then run this.
+dashboard: $(STAMP)
+	$(BIN)/python deploy/grafana/dashboard.py
 
 demo: kafka
 	$(BIN)/monitor demo
