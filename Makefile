@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export DEMO_SECONDS
 
-.PHONY: demo test unit integration faults install kafka bench clean
+.PHONY: demo test unit integration faults install kafka tools dashboard bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required, found " + sys.version.split()[0]'
@@ -20,16 +20,25 @@ install: $(STAMP)
 kafka: $(STAMP)
 	$(BIN)/python -c 'from monitor.ops.broker import kafka_lib_dir; print(kafka_lib_dir())'
 
+# Prometheus, promtool, Alertmanager and amtool for the rule and live monitoring tests
+# (apt-get install only when one is missing).
+tools:
+	sh deploy/install-tools.sh
+
+# The Grafana dashboard is generated: edit deploy/grafana/dashboard.py, then run this.
+dashboard: $(STAMP)
+	$(BIN)/python deploy/grafana/dashboard.py
+
 demo: kafka
 	$(BIN)/monitor demo
 
-test: kafka
+test: kafka tools
 	$(BIN)/python -m pytest -q
 
-unit: $(STAMP)
+unit: $(STAMP) tools
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: kafka
+integration: kafka tools
 	$(BIN)/python -m pytest -q tests/integration
 
 # The fault suite at length: more kill -9 trials on longer fill bursts than `make test` runs.

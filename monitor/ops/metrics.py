@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.engine import AlertEvent, BookStatus
+from monitor.ops.logging import LIBRARIES
 
 EVENTS_CONSUMED = Counter("monitor_events_consumed", "Input messages consumed, by logical topic", ["topic"])
 DLQ_MESSAGES = Counter("monitor_dlq_messages", "Messages sent to the dead-letter topic, by source topic and reason",
@@ -47,6 +48,8 @@ INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
                          "1 once both streams have been read to their end and the gate is empty (since start)")
 CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors logged by the Kafka client libraries "
                             "(logged at most once per 10 s per message; a broker outage shows here)", ["library"])
+for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise rate() sees, not a new series
+    CLIENT_LOG_ERRORS.labels(_library)
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")

@@ -1,13 +1,17 @@
-"""The Docker Compose stack and its Prometheus/Grafana files agree with each other and the code.
+"""The Docker Compose stack and its Prometheus/Alertmanager/Grafana files agree with each other
+and the code.
 
 No Docker engine is needed: these tests read the files and check what would break at
 `docker compose up` time: missing mounted files, a command the CLI does not have, a
-scrape target that is not the worker, a rule or panel querying a series the worker
-never exports, a panel pointing at another data source.
+scrape target that is not the worker, an Alertmanager Prometheus cannot reach, a rule or panel
+querying a series the worker never exports, a panel pointing at another data source, a
+dashboard JSON that is not its generator's output. (tests/unit/test_rules.py runs promtool and
+amtool on the same files; tests/integration/test_prometheus_live.py runs them for real.)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shlex
@@ -26,6 +30,7 @@ SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 PROMETHEUS = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
 RULES = yaml.safe_load((REPO / "deploy/prometheus/rules.yml").read_text())
 DASHBOARD_PATH = REPO / "deploy/grafana/dashboards/drift-monitor.json"
+DASHBOARD_GENERATOR = REPO / "deploy/grafana/dashboard.py"
 
 # The worker's series, as Prometheus exposes them: read from monitor/ops/metrics.py itself.
 _COLLECTORS = [c for c in vars(metrics).values() if isinstance(c, (Counter, Gauge, Histogram))]
@@ -117,6 +122,15 @@ def _dashboard() -> dict[str, Any]:
     return json.loads(DASHBOARD_PATH.read_text())
 
 
+def dashboard_generator() -> Any:
+    """deploy/grafana/dashboard.py as a module (it lives beside its output, outside the package)."""
+    spec = importlib.util.spec_from_file_location("drift_monitor_dashboard", DASHBOARD_GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _dashboard_exprs() -> list[str]:
     return [t["expr"] for p in _panels(_dashboard()["panels"]) for t in p.get("targets", []) if t.get("expr")]
 
@@ -129,7 +143,7 @@ def _rule_exprs() -> list[str]:
 
 
 def test_compose_has_the_stack() -> None:
-    assert {"kafka", "worker", "simulator", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"kafka", "worker", "simulator", "prometheus", "alertmanager", "grafana"} <= set(SERVICES)
     assert SERVICES["kafka"]["image"] == "apache/kafka:4.4.0"
 
 
@@ -190,6 +204,16 @@ def test_prometheus_rule_files_are_mounted_where_the_config_looks() -> None:
         assert (REPO / mounts[in_container]).is_file()
 
 
+def test_prometheus_sends_alerts_to_the_compose_alertmanager() -> None:
+    targets = [t for am in PROMETHEUS["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    alertmanager = SERVICES["alertmanager"]
+    assert "9093:9093" in alertmanager["ports"]  # Alertmanager's default listen port
+    config_flag = next(w for w in _command_words(alertmanager) if w.startswith("--config.file="))
+    mounts = {target: source for source, target in _bind_mounts(alertmanager)}
+    assert (REPO / mounts[config_flag.split("=", 1)[1]]).resolve() == REPO / "deploy/alertmanager/alertmanager.yml"
+
+
 def test_rules_are_well_formed() -> None:
     names = []
     for group in RULES["groups"]:
@@ -230,6 +254,11 @@ def test_grafana_provisioning_points_at_prometheus_and_the_dashboards_mount() ->
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
 
 
+def test_committed_dashboard_is_the_generator_output() -> None:
+    assert DASHBOARD_PATH.read_text() == dashboard_generator().render(), \
+        "deploy/grafana/dashboards/drift-monitor.json is not deploy/grafana/dashboard.py's output: run `make dashboard`"
+
+
 def test_dashboard_panels_use_the_prometheus_datasource() -> None:
     dashboard = _dashboard()
     assert dashboard["schemaVersion"] >= 36
@@ -262,6 +291,29 @@ def test_dashboard_shows_every_worker_series() -> None:
         assert counter in used, counter
     for histogram in HISTOGRAMS:
         assert f"{histogram}_bucket" in used, histogram
+
+
+# What a desk reads, by panel type: (panel type, a series its queries use, a grouping label or None).
+DESK_PANELS = [
+    ("timeseries", "monitor_book_nav", "portfolio_id"),  # NAV per book
+    ("heatmap", "monitor_book_band_usage", "portfolio_id"),  # band usage per book
+    ("stat", "monitor_alerts_open", None),  # open alerts
+    ("timeseries", "monitor_signals_emitted_total", "state"),  # signals by state
+    ("timeseries", "monitor_event_lag_seconds_bucket", "topic"),  # lag
+    ("timeseries", "monitor_dlq_messages_total", "reason"),  # DLQ by reason
+    ("timeseries", "monitor_table_recoveries_total", None),  # recovery
+]
+
+
+@pytest.mark.parametrize(("kind", "series", "label"), DESK_PANELS)
+def test_dashboard_has_the_desk_panels(kind: str, series: str, label: str | None) -> None:
+    exprs = [t["expr"] for p in _panels(_dashboard()["panels"]) if p["type"] == kind for t in p["targets"]]
+    assert any(series in promql_series(e) and (label is None or label in promql_labels(e)) for e in exprs), \
+        f"no {kind} panel on {series}" + (f" by {label}" if label else "")
+
+
+def test_dashboard_shows_fills_per_second() -> None:
+    assert any('monitor_events_consumed_total{topic="fills"}' in e and "rate(" in e for e in _dashboard_exprs())
 
 
 def test_promql_lexer() -> None:
