@@ -96,9 +96,13 @@ def assemble(values: Iterable[bytes]) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.mark, reverse=True)
 
 
+def _admin(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security.client_options())
+
+
 async def ensure_topic(settings: Settings) -> None:
     """The checkpoint topic: compacted, one partition, rolled often so that it stays a few checkpoints long."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = _admin(settings)
     await admin.start()
     try:
         name = topic_name(settings)
@@ -118,7 +122,8 @@ async def read_all(settings: Settings) -> list[Checkpoint]:
     """Every complete checkpoint on the topic, newest mark first."""
     tp = TopicPartition(topic_name(settings), 0)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                enable_auto_commit=False, max_partition_fetch_bytes=MAX_RECORD_BYTES)
+                                enable_auto_commit=False, max_partition_fetch_bytes=MAX_RECORD_BYTES,
+                                **settings.kafka_security.client_options())
     await consumer.start()
     latest: dict[bytes, bytes] = {}
     try:
@@ -144,7 +149,7 @@ def choose(checkpoints: list[Checkpoint], resume: Mapping[str, Micros]) -> Check
 
 async def partitions(settings: Settings, topics: list[str]) -> list[TopicPartition]:
     """Every partition of the topics, from the broker's metadata."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = _admin(settings)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)

@@ -255,7 +255,8 @@ class Worker:
             owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
                          if self.settings.logical(tp.topic) in BOOK_TOPICS]
             recovered = self.tables.recovered({p for _, p in owned_tps})
-            start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps)
+            start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps,
+                                        self.settings.kafka_security)
             for (topic, partition), offset in start.items():
                 # Faust seeks only partitions with a committed offset; after a worker killed before its
                 # first commit, the others were left where nothing more was delivered.
