@@ -59,6 +59,10 @@ MARKET_TOPICS = ("instruments", "risk-models", "prices")
 # sooner (BENCHMARKS.md: 1,000 against 5,000).
 MARKET_BATCH = 1_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
+# Book messages handled per drain of the gate, and how long a batch waits to fill: the latency a
+# quiet book stream adds. One drain per message cost more than the message (BENCHMARKS.md).
+BOOK_BATCH = 500
+BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
@@ -174,10 +178,14 @@ class Worker:
     # -- book events -------------------------------------------------------------------
 
     async def _book_agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            await self.on_book_event(event.message)
+        """Book messages in batches: each recorded as it comes, then what the gate can release applied
+        once per batch. Faust acknowledges a batch (its offsets can be committed) after this returns."""
+        async for events in stream.take_events(BOOK_BATCH, within=BOOK_BATCH_WAIT):
+            for event in events:
+                await self.on_book_message(event.message)
+            await self._drain()
 
-    async def on_book_event(self, msg: Any) -> None:
+    async def on_book_message(self, msg: Any) -> None:
         """Decode and check; a policy or an approval applies at once, a fill or snapshot is recorded
         (tables.py) and waits in the gate."""
         topic = self.settings.logical(msg.topic)
@@ -194,7 +202,6 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
             await self._internal_error(origin, msg.value, exc)
         self.progress.read_book(msg.tp, msg.offset, ts)
-        await self._drain()
 
     async def _accept(self, origin: Origin, value: bytes | None) -> Micros | None:
         """One book message into the engine or the gate; the event time it waits at, if any."""
