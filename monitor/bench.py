@@ -176,7 +176,7 @@ def _spawn_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
-           "MONITOR_LOG_LEVEL": "warning"}
+           "MONITOR_LOG_LEVEL": "warning", "MONITOR_INSTANCE_ID": settings.instance_id or ""}
     return spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
 
 

@@ -229,7 +229,8 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
               workdir: Path) -> list[str]:
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bf{uuid.uuid4().hex[:6]}-", partitions=4,
                         metrics_port=free_ports()[0], data_dir=str(workdir / "data"),
-                        kafka_security=KafkaSecurity.from_env())
+                        kafka_security=KafkaSecurity.from_env(),
+                        instance_id="bench-worker")  # static membership: a restart waits for no rebalance
     asyncio.run(ensure_topics(settings))
     t0 = time.time_ns() // 1_000 - 10 * SEC
     setup = [("instruments", iid, day.instrument(iid)) for iid in day.instrument_ids]

@@ -110,7 +110,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
             "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
             "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": settings.data_dir,
             "MONITOR_SESSION_TIMEOUT_S": str(settings.session_timeout_s), "MONITOR_STALL_EXIT_S": str(settings.stall_exit_s),
-            "MONITOR_LOG_FORMAT": "console", "MONITOR_LOG_LEVEL": "info"}
+            "MONITOR_LOG_FORMAT": "console", "MONITOR_LOG_LEVEL": "info",
+            "MONITOR_INSTANCE_ID": settings.instance_id or ""}
 
 
 @contextlib.contextmanager

@@ -162,6 +162,7 @@ class Settings:
     session_timeout_s: float = 10.0  # consumer-group session: how soon a dead worker's books move
     stall_exit_s: float = 60.0  # book messages waiting on the broker, none delivered this long: exit 75
     checkpoint_s: float = 5.0  # how often the latest prices are checkpointed (a restart re-reads from there)
+    instance_id: str | None = None  # a stable name per worker (static group membership): a restart keeps its books
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     log_format: str = "console"  # "console" for a terminal, "json" in production
@@ -201,6 +202,7 @@ class Settings:
             session_timeout_s=float(env.get("MONITOR_SESSION_TIMEOUT_S", cls.session_timeout_s)),
             stall_exit_s=float(env.get("MONITOR_STALL_EXIT_S", cls.stall_exit_s)),
             checkpoint_s=float(env.get("MONITOR_PRICE_CHECKPOINT_S", cls.checkpoint_s)),
+            instance_id=env.get("MONITOR_INSTANCE_ID") or None,
             metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
             metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
             log_format=env.get("MONITOR_LOG_FORMAT", "console"),

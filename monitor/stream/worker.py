@@ -144,6 +144,9 @@ class Worker:
             # default is 60 s: a restarted worker would wait that long to get its books back).
             broker_session_timeout=settings.session_timeout_s,
             broker_heartbeat_interval=max(1.0, settings.session_timeout_s / 3),
+            # Static membership: a worker restarted under the same name gets its partitions back at
+            # once, instead of after the dead member's session has expired.
+            consumer_group_instance_id=settings.instance_id,
             **settings.kafka_security.faust_options(),
         )
         self.app = app

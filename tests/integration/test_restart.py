@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -23,7 +24,9 @@ def _wait_for_nav(worker, nav: float, timeout: float = 30.0) -> None:
     pytest.fail(f"NAV never reached {nav}:\n{worker.log()[-3000:]}")
 
 
-def test_killed_worker_restarts_with_its_books_and_open_alerts(settings, tmp_path):
+@pytest.mark.parametrize("instance_id", [None, "worker-1"], ids=["dynamic", "static-membership"])
+def test_killed_worker_restarts_with_its_books_and_open_alerts(settings, tmp_path, instance_id):
+    settings = dataclasses.replace(settings, instance_id=instance_id)
     with running_worker(settings, tmp_path / "first.log") as first:
         produce(settings, setup_messages())
         _wait_for_nav(first, 1000.0)
