@@ -27,6 +27,7 @@ class Settings:
     tick_ms: float = 10.0  # event-time evaluation window (see monitor/engine/engine.py)
     session_timeout_s: float = 10.0  # consumer-group session: how soon a dead worker's books move
     stall_exit_s: float = 60.0  # book messages waiting on the broker, none delivered this long: exit 75
+    max_clock_skew_s: float = 300.0  # live input stamped further ahead of the wall clock is dead-lettered
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     log_format: str = "console"  # "console" for a terminal, "json" in production
@@ -64,6 +65,7 @@ class Settings:
             tick_ms=float(env.get("MONITOR_TICK_MS", cls.tick_ms)),
             session_timeout_s=float(env.get("MONITOR_SESSION_TIMEOUT_S", cls.session_timeout_s)),
             stall_exit_s=float(env.get("MONITOR_STALL_EXIT_S", cls.stall_exit_s)),
+            max_clock_skew_s=float(env.get("MONITOR_MAX_CLOCK_SKEW_S", cls.max_clock_skew_s)),
             metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
             metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
             log_format=env.get("MONITOR_LOG_FORMAT", "console"),
