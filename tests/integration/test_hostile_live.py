@@ -13,6 +13,7 @@ import pytest
 from monitor.contract import validate
 from monitor.stream.codec import EXCERPT_BYTES, MAX_DEAD_LETTER_BYTES
 from tests.conftest import consume, produce, running_worker
+from tests.faults import changelog_books
 from tests.hostile import crafted, fill
 from tests.integration.test_restart import _wait_for_nav
 from tests.integration.test_worker import BOOK, price, setup_messages, ts
@@ -49,6 +50,9 @@ def test_crafted_messages_are_dead_lettered_and_the_worker_goes_on_also_after_a_
         # 70 -> 73 A, 40 -> 35 B; cash -100 + 50 - 31 = -81. At 12 and 11: 876 + 385 - 81 = 1180.
         produce(settings, [("prices", "A", price("A", 12.0)), ("prices", "B", price("B", 11.0))])
         _wait_for_nav(first, 1180.0)
+        # What a restart rebuilds the book from holds the valid fills only.
+        positions, cash = changelog_books(settings)[BOOK]
+        assert positions == {"A": 73, "B": 35} and cash == pytest.approx(-81.0)
         assert first.proc is not None and first.proc.poll() is None
         assert "worker loop failed" not in first.log()
 
