@@ -25,7 +25,8 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match, by_relevance
 
-__all__ = ["TOPICS_WITH_SCHEMAS", "ContractError", "schema", "schema_dir", "schema_path", "validate", "validator"]
+__all__ = ["MAX_DEPTH", "MAX_MESSAGE_BYTES", "TOPICS_WITH_SCHEMAS", "ContractError", "TooDeep", "nested_deeper_than",
+           "schema", "schema_dir", "schema_path", "validate", "validator"]
 
 # Logical topic names that have a schema, in the order of the contract table.
 # "approvals" is an input topic of the (later) rebalance approval flow.
@@ -43,6 +44,13 @@ TOPICS_WITH_SCHEMAS: tuple[str, ...] = (
 )
 
 SCHEMA_VERSION = 1
+# Bounds every input message is held to before its content is looked at. The largest real message
+# is a risk model (~420 KB for 20,000 instruments), and 1 MiB is also what a broker accepts by
+# default (message.max.bytes). No message of the contract nests deeper than 4 levels (a policy's
+# limit's band); 16 leaves room, and stays far below where a recursive validator would overflow
+# Python's stack (about 1,000 frames, a few per level).
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_DEPTH = 16
 # Longest reason kept; a dead-letter reason is one line, not a dump of the message.
 _MAX_REASON = 300
 # Between errors at the same place, an unexpected field beats the missing one it most
@@ -74,6 +82,22 @@ class ContractError(ValueError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keep the exception picklable (the default would call __init__ with one argument).
         return (type(self), (self.topic, self.path, self.reason))
+
+
+class TooDeep(ContractError):
+    """A message nested deeper than MAX_DEPTH: refused before the validator recurses into it."""
+
+
+def nested_deeper_than(doc: object, limit: int) -> bool:
+    """True if `doc` has more than `limit` levels of objects and arrays; level by level, without
+    recursion, and it stops at the first level past the limit."""
+    level = [doc]
+    for _ in range(limit):
+        level = [child for node in level if isinstance(node, (dict, list))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        if not level:
+            return False
+    return any(isinstance(node, (dict, list)) for node in level)
 
 
 def schema_dir() -> Path:
@@ -198,12 +222,14 @@ _FAST_PATHS = {"prices": plain_price}
 def validate(topic: str, doc: object) -> None:
     """Check one decoded message against its topic's schema.
 
-    Raises ContractError naming the most relevant offending field, KeyError for a
-    topic without a schema.
+    Raises ContractError naming the most relevant offending field (TooDeep for a message
+    nested deeper than MAX_DEPTH), KeyError for a topic without a schema.
     """
     fast = _FAST_PATHS.get(topic)
     if fast is not None and fast(doc):
         return
+    if nested_deeper_than(doc, MAX_DEPTH):
+        raise TooDeep(topic, "", f"nested deeper than {MAX_DEPTH} levels of objects and arrays")
     errors = validator(topic).iter_errors(doc)
     first = next(errors, None)
     if first is None:

@@ -7,7 +7,6 @@ on it is exact and replays compare equal to the bit.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -16,6 +15,19 @@ from typing import Any, Mapping, NamedTuple
 Micros = int
 _US = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Event times an input may carry: 1970-01-01 (the epoch) up to, not including, 2100-01-01 (UTC).
+# Backfills reach back decades; nothing real is stamped next century, and a time past year 9999
+# cannot even be written back out (format_ts).
+EARLIEST: Micros = 0
+LATEST: Micros = 4_102_444_800 * _US
+
+# Plausibility bounds of input numbers (README, "Bad input"): far beyond any real book, far below
+# where float sums lose a book's cents or overflow. Values are in the instrument's currency/units.
+MAX_QUANTITY = 1e12  # |quantity| of a fill or a position, and a lot size
+MAX_PRICE = 1e9  # a price per unit
+MAX_AMOUNT = 1e15  # cash, fees, a fill's notional (quantity x price), an ADV
+MAX_MULTIPLIER = 1e9  # contract multiplier
+MAX_COEFFICIENT = 1e6  # factor loadings, (co)variances, spread in bps, daily volatility
 
 # Instrument fields that are not attributes to bucket by.
 _NON_ATTRIBUTES = frozenset(
@@ -43,7 +55,10 @@ def parse_ts(text: str) -> Micros:
     if dt.tzinfo is None:
         raise Rejected("schema_violation", f"timestamp {text!r} has no time zone")
     delta = dt - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
+    micros = (delta.days * 86_400 + delta.seconds) * _US + delta.microseconds
+    if not EARLIEST <= micros < LATEST:
+        raise Rejected("impossible_value", f"timestamp {text!r} is not between 1970 and 2099 (UTC)")
+    return micros
 
 
 def format_ts(ts: Micros) -> str:
@@ -53,10 +68,15 @@ def format_ts(ts: Micros) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _finite(name: str, value: float) -> float:
-    if not math.isfinite(value):
-        raise Rejected("impossible_value", f"{name} is not a finite number: {value!r}")
+def _finite(name: str, value: float, bound: float) -> float:
+    """`value` as a float, refused unless |value| <= bound (which also refuses inf and NaN)."""
+    if not abs(value) <= bound:
+        raise Rejected("impossible_value", f"{name} {value!r} is outside +/-{bound:g}")
     return float(value)
+
+
+def _optional(name: str, value: float | None, bound: float) -> float | None:
+    return None if value is None else _finite(name, value, bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +99,13 @@ class Instrument:
             instrument_id=m["instrument_id"],
             currency=m["currency"],
             asset_class=m["asset_class"],
-            multiplier=_finite("multiplier", m.get("multiplier", 1.0)),
+            multiplier=_finite("multiplier", m.get("multiplier", 1.0), MAX_MULTIPLIER),
             attributes=attributes,
-            adv=m.get("adv"),
-            spread_bps=m.get("spread_bps"),
-            daily_vol=m.get("daily_vol"),
-            factors={k: _finite(f"factors.{k}", v) for k, v in (m.get("factors") or {}).items()},
-            lot_size=_finite("lot_size", m.get("lot_size", 1.0)),
+            adv=_optional("adv", m.get("adv"), MAX_AMOUNT),
+            spread_bps=_optional("spread_bps", m.get("spread_bps"), MAX_COEFFICIENT),
+            daily_vol=_optional("daily_vol", m.get("daily_vol"), MAX_COEFFICIENT),
+            factors={k: _finite(f"factors.{k}", v, MAX_COEFFICIENT) for k, v in (m.get("factors") or {}).items()},
+            lot_size=_finite("lot_size", m.get("lot_size", 1.0), MAX_QUANTITY),
         )
 
     def attribute(self, dimension: str) -> str | None:
@@ -103,7 +123,7 @@ class Price(NamedTuple):
 
     @classmethod
     def from_message(cls, m: Mapping[str, Any]) -> "Price":
-        price = _finite("price", m["price"])
+        price = _finite("price", m["price"], MAX_PRICE)
         if price <= 0:
             raise Rejected("impossible_value", f"price must be > 0, got {price}")
         return cls(m["instrument_id"], price, parse_ts(m["ts"]))
@@ -122,15 +142,16 @@ class Fill:
 
     @classmethod
     def from_message(cls, m: Mapping[str, Any]) -> "Fill":
-        quantity = _finite("quantity", m["quantity"])
-        price = _finite("price", m["price"])
-        fees = _finite("fees", m.get("fees", 0.0))
+        quantity = _finite("quantity", m["quantity"], MAX_QUANTITY)
+        price = _finite("price", m["price"], MAX_PRICE)
+        fees = _finite("fees", m.get("fees", 0.0), MAX_AMOUNT)
         if quantity <= 0:
             raise Rejected("impossible_value", f"quantity must be > 0, got {quantity}")
         if price <= 0:
             raise Rejected("impossible_value", f"price must be > 0, got {price}")
         if fees < 0:
             raise Rejected("impossible_value", f"fees must be >= 0, got {fees}")
+        _finite("notional (quantity x price)", quantity * price, MAX_AMOUNT)
         return cls(m["fill_id"], m["portfolio_id"], m["instrument_id"], m["side"],
                    quantity, price, parse_ts(m["ts"]), fees)
 
@@ -164,8 +185,8 @@ class Snapshot:
             iid = p["instrument_id"]
             if iid in positions:
                 raise Rejected("impossible_value", f"instrument {iid} listed twice in the snapshot")
-            positions[iid] = _finite(f"positions.{iid}.quantity", p["quantity"])
-        cash = {ccy: _finite(f"cash.{ccy}", amount) for ccy, amount in m["cash"].items()}
+            positions[iid] = _finite(f"positions.{iid}.quantity", p["quantity"], MAX_QUANTITY)
+        cash = {ccy: _finite(f"cash.{ccy}", amount, MAX_AMOUNT) for ccy, amount in m["cash"].items()}
         return cls(m["portfolio_id"], parse_ts(m["as_of"]), cash, positions)
 
 
@@ -188,12 +209,12 @@ class RiskModel:
             raise Rejected("impossible_value", "risk model factors are not unique")
         if len(rows) != k or any(len(r) != k for r in rows):
             raise Rejected("impossible_value", f"covariance must be {k}x{k} to match {k} factors")
-        cov = tuple(tuple(_finite("covariance", float(x)) for x in r) for r in rows)
+        cov = tuple(tuple(_finite("covariance", float(x), MAX_COEFFICIENT) for x in r) for r in rows)
         if any(abs(cov[i][j] - cov[j][i]) > 1e-12 * max(1.0, abs(cov[i][j])) for i in range(k) for j in range(k)):
             raise Rejected("impossible_value", "covariance is not symmetric")
         if any(cov[i][i] < 0 for i in range(k)):
             raise Rejected("impossible_value", "covariance has a negative variance on its diagonal")
-        specific = {iid: _finite(f"specific_var.{iid}", v) for iid, v in m["specific_var"].items()}
+        specific = {iid: _finite(f"specific_var.{iid}", v, MAX_COEFFICIENT) for iid, v in m["specific_var"].items()}
         if any(v < 0 for v in specific.values()):
             raise Rejected("impossible_value", "specific_var has a negative variance")
         return cls(m["model_id"], parse_ts(m["as_of"]), factors, cov, specific)

@@ -163,6 +163,7 @@ class Settings:
     stall_exit_s: float = 60.0  # book messages waiting on the broker, none delivered this long: exit 75
     checkpoint_s: float = 5.0  # how often the latest prices are checkpointed (a restart re-reads from there)
     instance_id: str | None = None  # a stable name per worker (static group membership): a restart keeps its books
+    max_clock_skew_s: float = 300.0  # live input stamped further ahead of the wall clock is dead-lettered
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
     log_format: str = "console"  # "console" for a terminal, "json" in production
@@ -203,6 +204,7 @@ class Settings:
             stall_exit_s=float(env.get("MONITOR_STALL_EXIT_S", cls.stall_exit_s)),
             checkpoint_s=float(env.get("MONITOR_PRICE_CHECKPOINT_S", cls.checkpoint_s)),
             instance_id=env.get("MONITOR_INSTANCE_ID") or None,
+            max_clock_skew_s=float(env.get("MONITOR_MAX_CLOCK_SKEW_S", cls.max_clock_skew_s)),
             metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
             metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
             log_format=env.get("MONITOR_LOG_FORMAT", "console"),

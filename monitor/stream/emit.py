@@ -17,7 +17,7 @@ from monitor.engine.engine import Event
 from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
-from monitor.stream.codec import dead_letter, encode
+from monitor.stream.codec import MAX_REASON, dead_letter, dead_letter_key, encode
 from monitor.stream.tables import Origin
 
 log = structlog.get_logger("monitor.worker")
@@ -50,10 +50,11 @@ class Emitter:
                 log.info("rebalance signal", signal_id=event.signal_id, summary=event.summary())
 
     async def dead_letter(self, origin: Origin, value: bytes | None, rejected: Rejected) -> None:
-        """A refused input, with its origin and reason, to the dead-letter topic."""
+        """A refused input, with its origin and reason, to the dead-letter topic (a bounded record,
+        keyed as the input was: codec.dead_letter)."""
         metrics.DLQ_MESSAGES.labels(origin.topic, rejected.code).inc()
         log.warning("dead-lettered", topic=origin.topic, partition=origin.partition, offset=origin.offset,
-                    reason_code=rejected.code, reason=rejected.reason)
+                    reason_code=rejected.code, reason=rejected.reason[:MAX_REASON])
         record = dead_letter(value, origin.key, self.settings.topic(origin.topic), origin.partition, origin.offset,
                              origin.timestamp_ms, rejected, now_us())
-        await self.dlq.send(key=origin.key, value=record, force=True)
+        await self.dlq.send(key=dead_letter_key(origin.key), value=record, force=True)

@@ -208,7 +208,8 @@ class Worker:
 
     async def _accept(self, origin: Origin, value: bytes | None) -> Micros | None:
         """One book message into the engine or the gate; the event time it waits at, if any."""
-        event = decode_event(origin.topic, value, f"{origin.topic}[{origin.partition}]@{origin.offset}")
+        event = decode_event(origin.topic, value, f"{origin.topic}[{origin.partition}]@{origin.offset}",
+                             not_after=self._not_after(now_us()))
         assert isinstance(event, (Fill, Snapshot, Policy, Decision))
         pid = event.portfolio_id
         if origin.key is None or origin.key.decode("utf-8", "replace") != pid:
@@ -235,6 +236,10 @@ class Worker:
         if isinstance(event, Fill):
             metrics.EVENT_LAG.labels(origin.topic).observe(max(0.0, (now_us() - staged.ts) / 1e6))
         return staged.ts
+
+    def _not_after(self, now: Micros) -> Micros:
+        """The latest event time live input may carry: the wall clock plus the allowed skew."""
+        return now + round(self.settings.max_clock_skew_s * 1_000_000)
 
     async def _internal_error(self, origin: Origin, value: bytes | None, exc: Exception) -> None:
         """A message the worker failed on (a bug): dead-lettered as internal_error, logged with its
@@ -387,14 +392,17 @@ class Worker:
             for r in (r for _, records in by_topic[topic] for r in records):
                 origin = Origin(topic, r.partition, r.offset, r.key, r.timestamp)
                 try:
-                    event = decode_event(topic, r.value, f"{r.topic}[{r.partition}]@{r.offset}")
+                    event = decode_event(topic, r.value, f"{r.topic}[{r.partition}]@{r.offset}", key=r.key)
+                    async with self._lock:
+                        alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
+                                  else self.engine.on_risk_model(event))
+                        await self._publish(alerts)
                 except Rejected as rejected:
                     await self.emit.dead_letter(origin, r.value, rejected)
-                    continue
-                async with self._lock:
-                    alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
-                              else self.engine.on_risk_model(event))
-                    await self._publish(alerts)
+                except KafkaError:
+                    raise  # the broker, not the message: the loop fails loudly
+                except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
+                    await self._internal_error(origin, r.value, exc)
         for tp, records in by_topic["prices"]:
             await self._hold_prices(tp.partition, records, now)
 
@@ -402,12 +410,16 @@ class Worker:
         """A partition's prices into the gate; the newest ts read moves the market watermark."""
         times: list[Micros] = []
         prices: list[Price] = []
+        not_after = self._not_after(now)
         for r in records:
             try:
-                price = decode_price(r.value)
+                price = decode_price(r.value, r.key, not_after)
             except Rejected as rejected:
                 await self.emit.dead_letter(Origin("prices", r.partition, r.offset, r.key, r.timestamp),
                                             r.value, rejected)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
+                await self._internal_error(Origin("prices", r.partition, r.offset, r.key, r.timestamp), r.value, exc)
                 continue
             times.append(price.ts)
             prices.append(price)
