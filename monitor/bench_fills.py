@@ -11,7 +11,9 @@ Two parts, printed and appended to BENCHMARKS.md:
    fills' event lag early and late in the run, changelog bytes per fill and the largest changelog
    record (read back from the broker), the worker's peak RSS; then kill -9 and a new worker: the
    time from its start to its first evaluation and to the gate caught up, with the prices the run
-   left on the topic (`--restart-prices` adds more before the restart).
+   left on the topic. `--history-prices` puts that many prices on the topic before the day (stamped
+   at `--price-rate` up to the day's open, Kafka timestamps included): a restart at the end of the
+   day must not read them again.
 """
 
 from __future__ import annotations
@@ -131,6 +133,24 @@ async def _produce(settings: Settings, messages: list[tuple[str, str, dict]]) ->
         await producer.stop()
 
 
+async def _produce_history(settings: Settings, day: Day, n: int, end: int, rate: float) -> None:
+    """`n` prices stamped at `rate` per second up to `end` (event ts and Kafka timestamp alike)."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50,
+                                max_batch_size=1 << 20, acks=1, **settings.kafka_security.client_options())
+    await producer.start()
+    ids, topic = day.instrument_ids, settings.topic("prices")
+    try:
+        for k in range(n):
+            at = end - int((n - k) / rate * SEC)
+            iid = ids[k % len(ids)]
+            value = b'{"instrument_id":"%s","price":%.2f,"ts":"%s"}' % (
+                iid.encode(), 100.0 + (k % 200) / 100, format_ts(at).encode())
+            await producer.send(topic, value, key=iid.encode(), timestamp_ms=at // 1000)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: float) -> tuple[float, int]:
     """Prices and fills at their rates, stamped now, in 10 ms slices; (seconds, prices sent)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=5,
@@ -225,7 +245,7 @@ def _log_seconds(log: Path, marker: str) -> float | None:
     return None
 
 
-def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, restart_prices: int,
+def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, history_prices: int,
               workdir: Path) -> list[str]:
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bf{uuid.uuid4().hex[:6]}-", partitions=4,
                         metrics_port=free_ports()[0], data_dir=str(workdir / "data"),
@@ -237,6 +257,8 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
     setup += [("policies", b, day.policy(b)) for b in day.book_ids]
     setup += [("positions", b, day.snapshot(b, t0)) for b in day.book_ids]
     setup += [("prices", iid, {"instrument_id": iid, "price": 100.0, "ts": format_ts(t0)}) for iid in day.instrument_ids]
+    if history_prices:
+        asyncio.run(_produce_history(settings, day, history_prices, t0, price_rate))
     asyncio.run(_produce(settings, setup))
     url = settings.local_metrics_url
     proc = _spawn_worker(settings, workdir)
@@ -246,7 +268,7 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
 
     try:
         _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_gate_held_events", ())) == 0,
-              300, "the books to be read", proc)
+              1800, "the books (and the price history) to be read", proc)
         before = scrape(url)
         fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
         mid = scrape(url)
@@ -255,12 +277,7 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
         after = scrape(url)
         rss = _peak_rss_mb(proc.pid)
         records, size, largest = _changelog_sizes(settings)
-        if restart_prices:
-            t_end = time.time_ns() // 1_000
-            ids = day.instrument_ids
-            asyncio.run(_produce(settings, [("prices", ids[k % len(ids)], {
-                "instrument_id": ids[k % len(ids)], "price": 100.0, "ts": format_ts(t_end)})
-                for k in range(restart_prices)]))
+        time.sleep(settings.checkpoint_s + 1.0)  # as at the end of a day: a checkpoint after the last fill
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         began = time.perf_counter()
@@ -292,7 +309,7 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
         f"| changelog records / bytes per fill | {records / day.fills:.2f} / {size / day.fills:,.0f} B |",
         f"| largest changelog record | {largest / 1024:,.1f} KB |",
         f"| worker peak RSS | {rss:,.0f} MB |",
-        f"| restart after kill -9 to gate caught up ({prices_sent + restart_prices + day.positions:,} prices on "
+        f"| restart after kill -9 to gate caught up ({prices_sent + history_prices + day.positions:,} prices on "
         f"the topic) | {restart_s:.1f} s |",
         f"| of which: to the books recovered (group rebalance, changelogs read) | {recovered_s:.1f} s |",
         "",
@@ -307,12 +324,12 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, res
 @click.option("--big-book-fills", type=int, default=40_000, show_default=True, help="Fills of the busiest book")
 @click.option("--fill-rate", type=float, default=2_500.0, show_default=True, help="Fills/s fed")
 @click.option("--price-rate", type=float, default=20_000.0, show_default=True, help="Prices/s fed meanwhile")
-@click.option("--restart-prices", type=int, default=0, show_default=True,
-              help="Prices added to the topic before the restart is timed")
+@click.option("--history-prices", type=int, default=0, show_default=True,
+              help="Prices on the topic before the day (a day at 20,000/s is ~470 M)")
 @click.option("--engine-only", is_flag=True, help="Only part 1 (no broker)")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True)
 def bench_fills_command(books: int, positions: int, fills: int, big_book_fills: int, fill_rate: float,
-                        price_rate: float, restart_prices: int, engine_only: bool, out: Path) -> None:
+                        price_rate: float, history_prices: int, engine_only: bool, out: Path) -> None:
     """A day's fills: cost per fill, changelog bytes, largest record, RSS, restart (see monitor/bench_fills.py)."""
     import tempfile
 
@@ -325,7 +342,7 @@ def bench_fills_command(books: int, positions: int, fills: int, big_book_fills: 
     click.echo("\n".join(lines))
     if not engine_only:
         with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-fills-") as tmp:
-            lines = run_bench(bootstrap, day, price_rate, fill_rate, restart_prices, Path(tmp))[:-1] + [""] + lines
+            lines = run_bench(bootstrap, day, price_rate, fill_rate, history_prices, Path(tmp))[:-1] + [""] + lines
             click.echo("\n".join(lines))
     with out.open("a") as f:
         f.write("\n" + "\n".join(lines) + "\n")
