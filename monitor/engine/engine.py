@@ -232,7 +232,7 @@ class Engine:
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
-        self.exposures.moved(fill.portfolio_id)
+        self.exposures.moved(fill.portfolio_id, fill.instrument_id)
         self._touch(fill.portfolio_id, fill.ts)
         return out + self._settle()
 

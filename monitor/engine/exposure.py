@@ -26,7 +26,8 @@ the `Valuation` a `Row` gives.
 from __future__ import annotations
 
 from bisect import bisect_left
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -97,6 +98,11 @@ class _Block:
     @property
     def n_columns(self) -> int:
         return len(self.target)
+
+    @cached_property
+    def row(self) -> dict[str, int]:
+        """Each holding's row in the block."""
+        return {iid: k for k, iid in enumerate(self.iids)}
 
 
 def _quantities(book: Book) -> tuple[tuple[str, ...], np.ndarray, list[str], np.ndarray]:
@@ -233,7 +239,9 @@ class Exposures:
         self.pairs: dict[tuple[str, str], int] = {}  # (currency, base) -> FX pair column
         self.factors: dict[str, int] = {}  # risk factor -> column in the loadings
         self._blocks: dict[str, _Block] = {}
-        self._moved: set[str] = set()  # books whose positions or cash changed since their block was built
+        # Books whose positions or cash changed since their block was built: the instruments a fill
+        # moved, None for anything (a snapshot).
+        self._moved: dict[str, set[str] | None] = {}
         self._packed: _Packed | None = None
 
     def set_price(self, instrument_id: str, price: float, ts: Micros) -> None:
@@ -244,16 +252,21 @@ class Exposures:
 
     def drop(self, portfolio_id: str) -> None:
         """The book's policy changed (or the book was restored): its arrays are rebuilt when next valued."""
-        self._moved.discard(portfolio_id)
+        self._moved.pop(portfolio_id, None)
         if self._blocks.pop(portfolio_id, None) is not None:
             self._packed = None
 
-    def moved(self, portfolio_id: str) -> None:
-        """The book's positions or cash changed (a fill, a snapshot). When next valued, the new
-        quantities are written into the arrays in place if it holds the same instruments and
-        currencies as before; else its arrays are rebuilt (and all repacked)."""
-        if portfolio_id in self._blocks:
-            self._moved.add(portfolio_id)
+    def moved(self, portfolio_id: str, instrument_id: str | None = None) -> None:
+        """The book's positions or cash changed: a fill of `instrument_id`, or anything (None: a
+        snapshot). When next valued, the new quantities are written into the arrays in place if it
+        holds the same instruments and currencies as before (only the rows of the instruments its
+        fills moved, when that is all that changed); else its arrays are rebuilt (and all repacked)."""
+        if portfolio_id not in self._blocks:
+            return
+        if instrument_id is None:
+            self._moved[portfolio_id] = None
+        elif (moved := self._moved.setdefault(portfolio_id, set())) is not None:
+            moved.add(instrument_id)
 
     def clear(self) -> None:
         """Reference data or a risk model changed (multipliers, currencies, buckets, loadings,
@@ -264,18 +277,31 @@ class Exposures:
 
     def _requantify(self, book: Book, base: str) -> None:
         """A moved book: its new quantities and cash into its block, and into the packed arrays."""
-        self._moved.discard(book.portfolio_id)
+        moved = self._moved.pop(book.portfolio_id)
         block = self._blocks[book.portfolio_id]
-        iids, qty, currencies, amt = _quantities(book)
-        if iids != block.iids or [self._pair(ccy, base) for ccy in currencies] != block.cash_pair.tolist():
+        positions, rows = book.positions, block.row
+        cash = sorted(book.cash.items())
+        if [self._pair(ccy, base) for ccy, _ in cash] != block.cash_pair.tolist():
             self.drop(book.portfolio_id)
             return
-        self._blocks[book.portfolio_id] = replace(block, qty=qty, cash_amt=amt)
+        if moved is not None and len(positions) == len(rows) and all(iid in rows for iid in moved):
+            # The same holdings (a fill that opens or closes one changes their set, and is in `moved`):
+            # a 40,000th fill costs what the first did, whatever the book holds.
+            changed = np.array([rows[iid] for iid in moved], dtype=np.int64)
+            block.qty[changed] = [positions[iid] for iid in moved]
+        else:
+            iids, qty, _, _ = _quantities(book)
+            if iids != block.iids:
+                self.drop(book.portfolio_id)
+                return
+            changed = np.arange(len(iids))
+            block.qty[:] = qty
+        block.cash_amt[:] = [amount for _, amount in cash]
         p = self._packed
         if p is not None:
             k = p.at[book.portfolio_id]
-            p.qty[p.hold_ptr[k]:p.hold_ptr[k + 1]] = qty
-            p.cash_amt[p.cash_ptr[k]:p.cash_ptr[k + 1]] = amt
+            p.qty[p.hold_ptr[k] + changed] = block.qty[changed]
+            p.cash_amt[p.cash_ptr[k]:p.cash_ptr[k + 1]] = block.cash_amt
 
     def value(self, books: Sequence[tuple[Book, Policy, RiskModel | None]], instruments: Mapping[str, Instrument],
               prices: PriceBook) -> dict[str, Row]:

@@ -76,6 +76,19 @@ def publish_book(portfolio_id: str, status: BookStatus) -> None:
     ALERTS_OPEN.labels(portfolio_id).set(status.open_alerts)
 
 
+BOOK_GAUGES = (BOOK_NAV, BOOK_LARGEST_DRIFT, BOOK_BAND_USAGE, ALERTS_OPEN)
+
+
+def forget_book(portfolio_id: str) -> None:
+    """Remove a book's series: its partition moved to another worker, which exports them now (two
+    workers exporting one book would double `sum(monitor_alerts_open)` with a frozen copy)."""
+    for gauge in BOOK_GAUGES:
+        try:
+            gauge.remove(portfolio_id)
+        except KeyError:
+            pass
+
+
 def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
     """`histogram.observe(a)` for every amount, in one pass over its buckets.
 

@@ -163,6 +163,7 @@ class Worker:
         self._recovered_once = asyncio.Event()
         self._settled: Micros = 0  # every price stamped before it has been read and applied
         self._checkpoints_written = 0
+        self._exported: set[str] = set()  # books whose gauges this worker exports
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
 
         self.gate: Gate[Price | StagedBookEvent] = Gate()
@@ -281,6 +282,10 @@ class Worker:
             for pid in sorted({*recovered.policies, *recovered.watches}):
                 self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
             self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
+            owned_books = {*recovered.policies, *recovered.watches, *(s.event.portfolio_id for s in recovered.inputs)}
+            for pid in self._exported - owned_books:
+                metrics.forget_book(pid)
+            self._exported &= owned_books
             for staged in recovered.inputs:
                 self.gate.hold(staged.ts, staged)
             self.progress.recovered = True
@@ -516,6 +521,7 @@ class Worker:
         instead of behind a stall of every book at once."""
         for pid, status in list(self.engine.status.items()):
             metrics.publish_book(pid, status)
+            self._exported.add(pid)
         metrics.HELD_FILLS.set(self.engine.held_fills())
         metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
         self._published_unreferenced = self.engine.unreferenced_prices

@@ -151,6 +151,54 @@ def test_a_held_fill_survives_a_restart_and_a_failover(fault_settings, tmp_path:
     assert persisted[book][0].get("C") == 10.0
 
 
+def exported_books(worker: WorkerProcess) -> set[str]:
+    """The books whose NAV gauge the worker exports (it owns them)."""
+    try:
+        m = worker.metrics()
+    except OSError:
+        return set()
+    return {dict(labels)["portfolio_id"] for name, labels in m if name == "monitor_book_nav"}
+
+
+def split_wrong(workers: list[WorkerProcess], expected: dict[str, float]) -> str | None:
+    """None when every book is exported by exactly one worker with the recomputed NAV."""
+    owners = {b: [w.log_path.stem for w in workers if b in exported_books(w)] for b in expected}
+    shared = {b: o for b, o in owners.items() if len(o) != 1}
+    if shared:
+        return f"books not on exactly one worker: {shared}"
+    wrong = [navs_wrong(w, {b: expected[b] for b in expected if owners[b] == [w.log_path.stem]}) for w in workers]
+    return "; ".join(x for x in wrong if x) or None
+
+
+def test_two_workers_split_the_books_and_a_kill_moves_them_whole(fault_settings, tmp_path: Path):
+    """Two workers join on a backlog: each book is judged and exported by one of them. One is killed
+    in the middle of the flow: the other takes its books with their state; a third joins: the books
+    split again. Throughout, every NAV equals the recomputation, and the alerts equal the replay
+    with none opened twice (two workers judging one book would open it twice)."""
+    settings = fault_settings
+    burst = make_burst(seed=21, books=8, fills_per_book=max(60, FILLS_PER_BOOK // 2))
+    expected = {b: nav(*recompute_books(burst.messages)[b], burst.last_price) for b in burst.books}
+    half = len(burst.flow) // 2
+    produce(settings, burst.setup + burst.flow[:half])
+    ports = free_ports(3)
+    first_settings, second_settings, third_settings = (dataclasses.replace(settings, metrics_port=p) for p in ports)
+    with running_worker(first_settings, tmp_path / "first.log") as first, \
+            running_worker(second_settings, tmp_path / "second.log") as second:
+        wait_for(lambda: None if exported_books(first) and exported_books(second) else "not split yet", timeout=90)
+        feeder = threading.Thread(target=produce, args=(settings, burst.flow[half:]))
+        feeder.start()
+        time.sleep(1.0)
+        kill(first)
+        feeder.join()
+        wait_for(lambda: split_wrong([second], expected), timeout=120)
+        with running_worker(third_settings, tmp_path / "third.log") as third:
+            wait_for(lambda: None if exported_books(third) else "the third has no book", timeout=90)
+            wait_for(lambda: split_wrong([second, third], expected), timeout=120)
+            time.sleep(1.5)  # anything emitted late would show below
+    assert_books_equal_recomputation(settings, burst)
+    assert_alerts_equal_replay(settings, burst)
+
+
 OUTAGE_S = float(os.environ.get("MONITOR_FAULT_OUTAGE_S", "10"))
 
 

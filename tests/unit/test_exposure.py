@@ -127,12 +127,13 @@ changes_st = st.lists(st.tuples(st.integers(0, 2), st.sampled_from([f"I{i}" for 
 
 
 @given(books=st.lists(quantities_st, min_size=1, max_size=3), start=st.lists(prices_st, min_size=8, max_size=8),
-       changes=changes_st)
-@settings(max_examples=100, deadline=None)
-def test_positions_moved_in_place_value_as_if_built_afresh(books, start, changes):
+       changes=changes_st, by_fill=st.booleans(), every=st.integers(1, 3))
+@settings(max_examples=150, deadline=None)
+def test_positions_moved_in_place_value_as_if_built_afresh(books, start, changes, by_fill, every):
     """A fill or snapshot writes a book's new quantities into the arrays in place (same instruments
-    and currencies) or rebuilds its layout (a holding or a currency comes or goes): either way the
-    book values to the same floats as in an Exposures built from nothing."""
+    and currencies; a fill only its instrument's row) or rebuilds its layout (a holding or a
+    currency comes or goes): either way the book values to the same floats as in an Exposures built
+    from nothing, valued after every change or after a few."""
     instruments = universe(6)
     held = [Book(f"B{n}", positions={f"I{i}": q for i, q in enumerate(qs) if i % 3 != n % 3},
                  cash={"USD": 50_000.0, "EUR": -10_000.0}) for n, qs in enumerate(books)]
@@ -141,14 +142,17 @@ def test_positions_moved_in_place_value_as_if_built_afresh(books, start, changes
     prices = {iid: (px, 1) for iid, px in zip(ids, start)}
     exposures = Exposures()
     exposures.value(pairs, instruments, prices)
-    for n, what, amount in changes:
+    for step, (n, what, amount) in enumerate(changes):
         book = held[n % len(held)]
         where = book.cash if what in ("EUR", "GBP") else book.positions
         if amount == 0:
             where.pop(what, None)  # a position closed, or a currency gone
         else:
             where[what] = amount  # a quantity changed, or a new holding
-        exposures.moved(book.portfolio_id)
+        # A fill names its instrument (its cash moves too); a snapshot names none.
+        exposures.moved(book.portfolio_id, ("I0" if what in ("EUR", "GBP") else what) if by_fill else None)
+        if step % every:
+            continue
         moved = exposures.value(pairs, instruments, prices)
         fresh = Exposures().value(pairs, instruments, prices)
         for pid, row in fresh.items():

@@ -51,3 +51,16 @@ def test_a_reconciliation_break_is_counted_when_it_opens_only() -> None:
                         ("RECONCILIATION_BREAK", "OPEN")):
         metrics.alert_emitted(alert(kind, state))
     assert count() - before == 2
+
+
+def test_a_forgotten_book_has_no_series_left_and_others_keep_theirs() -> None:
+    from monitor.engine import BookStatus
+    from monitor.ops import metrics
+
+    status = BookStatus(1000.0, 0.01, 0.5, 2, None)
+    metrics.publish_book("GONE", status)
+    metrics.publish_book("KEPT", status)
+    metrics.forget_book("GONE")
+    metrics.forget_book("NEVER-EXPORTED")  # no error
+    exported = {s.labels.get("portfolio_id") for g in metrics.BOOK_GAUGES for f in g.collect() for s in f.samples}
+    assert "GONE" not in exported and "KEPT" in exported
