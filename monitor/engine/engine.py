@@ -331,8 +331,13 @@ class Engine:
         return MarketState(dict(self.prices), self._next_sweep, judged)
 
     def restore_market(self, state: MarketState) -> None:
-        """Latest prices (and the stale sweep's schedule) from a `market_state` of an earlier run. Prices
-        read afterwards update them as ever: one older than the price held is ignored."""
+        """The latest prices (and the stale sweep's schedule) become those of a `market_state` taken
+        earlier; prices read afterwards update them as ever (one older than the price held is ignored)."""
+        self.prices.clear()
+        self.exposures.forget_prices()
+        self.market_clock = 0
+        self._window_end = None  # the market starts again at the state's time: so do the windows
+        self._dirty.clear()
         for iid, (price, ts) in state.prices.items():
             self.prices[iid] = (price, ts)
             self.exposures.set_price(iid, price, ts)

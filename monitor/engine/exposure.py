@@ -250,6 +250,10 @@ class Exposures:
             self.px[j] = price
             self.px_ts[j] = ts
 
+    def forget_prices(self) -> None:
+        self.px[:] = np.nan
+        self.px_ts[:] = 0
+
     def drop(self, portfolio_id: str) -> None:
         """The book's policy changed (or the book was restored): its arrays are rebuilt when next valued."""
         self._moved.pop(portfolio_id, None)

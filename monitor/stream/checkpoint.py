@@ -42,7 +42,7 @@ from monitor.stream.tables import MAX_RECORD_BYTES
 
 log = structlog.get_logger("monitor.checkpoint")
 
-SLOTS = 3
+SLOTS = 6
 CHUNK = 20_000
 SEEK_MARGIN: Micros = 10_000_000  # prices re-read from Kafka timestamps this long before the mark
 

@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from monitor.engine import Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
-from monitor.engine.engine import Event
+from monitor.engine.engine import Event, MarketState
 from monitor.engine.signals import Decision
 from monitor.engine.model import Micros, format_ts
 from monitor.ops import metrics
@@ -159,8 +159,10 @@ class Worker:
         self.tables.inputs.on_recover(self._restore)
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
-        self._resume: dict[str, Micros] | None = None  # at the first recovery: each book's time to judge it from
-        self._recovered_once = asyncio.Event()
+        # Set by each recovery (start, rebalance, failover): the market is to be rewound to a checkpoint
+        # none of the books is behind (`_rewind_market`), and nothing is released until it is.
+        self._rewind = asyncio.Event()
+        self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
         self._settled: Micros = 0  # every price stamped before it has been read and applied
         self._checkpoints_written = 0
         self._exported: set[str] = set()  # books whose gauges this worker exports
@@ -289,9 +291,8 @@ class Worker:
             for staged in recovered.inputs:
                 self.gate.hold(staged.ts, staged)
             self.progress.recovered = True
-            if self._resume is None:
-                self._resume = _resume_times(recovered)
-                self._recovered_once.set()
+            self._resume = _resume_times(recovered)
+            self._rewind.set()
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
                      policies=len(recovered.policies), inputs=len(recovered.inputs))
@@ -300,6 +301,8 @@ class Worker:
 
     async def _drain(self) -> None:
         """Apply what the gate releases, in event-time order; emit the alerts in that order."""
+        if self._rewind.is_set():
+            return  # the market is about to be rewound for the books just recovered
         async with self._lock:
             book_mark = self.progress.book_mark(self.app.consumer)
             market = self.progress.market
@@ -347,8 +350,12 @@ class Worker:
         )
         await consumer.start()
         try:
-            await self._start_market(consumer, topics)
+            tps = await checkpoint.partitions(self.settings, topics)
+            consumer.assign(tps)
+            await self._rewind.wait()  # the books' first recovery says from when each is judged
             while True:
+                if self._rewind.is_set():
+                    await self._rewind_market(consumer, [tp for tp in tps if tp.topic == self.settings.topic("prices")])
                 gate_full = len(self.gate) >= MAX_HELD
                 if self.progress.price_partitions_to_read(consumer, gate_full, self.app.consumer):
                     batch = await consumer.getmany(timeout_ms=20, max_records=MARKET_BATCH)
@@ -363,26 +370,28 @@ class Worker:
         finally:
             await consumer.stop()
 
-    async def _start_market(self, consumer: AIOKafkaConsumer, topics: list[str]) -> None:
-        """Every partition of the market topics, reference data from the start; prices from the newest
-        usable checkpoint (checkpoint.py), else from the start. Waits for the books' first recovery,
-        which says from when each book is judged again."""
-        tps = await checkpoint.partitions(self.settings, topics)
-        consumer.assign(tps)
-        await self._recovered_once.wait()
-        prices = [tp for tp in tps if tp.topic == self.settings.topic("prices")]
-        resume = self._resume or {}
+    async def _rewind_market(self, consumer: AIOKafkaConsumer, prices: list[Any]) -> None:
+        """After a recovery: the engine's market becomes the newest checkpoint no owned book is behind
+        (checkpoint.py), and the price partitions are read again from its mark; without one, from
+        their start. So a book restored at its clock, at a start or moved by a rebalance, is judged
+        again on the prices the live worker had, not on a market already ahead of it."""
+        self._rewind.clear()
+        resume = self._resume
         found = checkpoint.choose(await checkpoint.read_all(self.settings), resume)
-        if found is None:
-            log.info("no usable price checkpoint: prices read from the start of the topic", books=len(resume))
-        else:
-            async with self._lock:
+        async with self._lock:
+            self.gate.drop(lambda item: isinstance(item, Price))
+            self.progress.price_read.clear()
+            self._settled = 0
+            if found is None:
+                self.engine.restore_market(MarketState({}, 0, {}))
+                await consumer.seek_to_beginning(*prices)
+                log.info("no usable price checkpoint: prices read from the start of the topic", books=len(resume))
+            else:
                 self.engine.restore_market(found.state)
-            await checkpoint.seek_prices(consumer, prices, found.mark)
-            log.info("prices restored from a checkpoint", mark=format_ts(found.mark),
-                     instruments=len(found.state.prices), books=len(resume))
-        log.info("market data consumer started", topics=topics,
-                 seconds_since_start=round(time.monotonic() - self._started, 3))
+                await checkpoint.seek_prices(consumer, prices, found.mark)
+                log.info("prices restored from a checkpoint", mark=format_ts(found.mark),
+                         instruments=len(found.state.prices), books=len(resume))
+        log.info("market data consumer started", seconds_since_start=round(time.monotonic() - self._started, 3))
 
     async def on_market_records(self, batch: dict[Any, list[Any]]) -> None:
         """One batch (records by partition): reference data goes to the engine at once, then prices

@@ -1,4 +1,5 @@
-"""The price checkpoint: a restart that starts from it emits what an uninterrupted run emits.
+"""The price checkpoint: a restart (or a rebalance) that starts from it emits what an uninterrupted
+run emits.
 
 The worker's restart, modelled on the engine: a checkpoint of the market taken at one point of a
 simulated log, the books' watches as saved later (at each emission and at the next checkpoint),
@@ -53,8 +54,11 @@ def _feed(engine: Engine, event: object) -> list:
     return engine.on_prices([event]) if isinstance(event, Price) else apply_event(engine, event)
 
 
-def _restart(events: list, taken: int, saved: int, crash: int, margin: int) -> tuple[list[bytes], list[bytes], Engine]:
-    """(what the uninterrupted run emitted after `crash`, what the restarted one emitted, the latter)."""
+def _restart(events: list, taken: int, saved: int, crash: int, margin: int, rebalance: bool = False
+             ) -> tuple[list[bytes], list[bytes], Engine]:
+    """(what the uninterrupted run emitted after `crash`, what the restarted one emitted, the latter).
+    `rebalance`: the books come back to an engine that went on with the market up to the crash (a
+    worker that lost and regained them, or took them over), not to a fresh one."""
     live = Engine(TICK)
     persisted: dict[str, dict] = {}
     found: Checkpoint | None = None
@@ -76,11 +80,16 @@ def _restart(events: list, taken: int, saved: int, crash: int, margin: int) -> t
 
     # Through the wire and back, as the worker writes and reads it.
     [found] = assemble(value for _, value in found.records("p0", 0))
-    restarted = Engine(TICK)
     recorded = events[:crash]
-    for event in recorded:
-        if isinstance(event, (Instrument, RiskModel)):
+    restarted = Engine(TICK)
+    if rebalance:
+        for event in recorded:
             _feed(restarted, event)
+        restarted.drop_books()
+    else:
+        for event in recorded:
+            if isinstance(event, (Instrument, RiskModel)):
+                _feed(restarted, event)
     policies = {e.portfolio_id: e for e in recorded if isinstance(e, Policy)}
     watches = {pid: Watch.from_dict(d) for pid, d in persisted.items()}
     for pid in sorted({*policies, *watches}):
@@ -103,13 +112,14 @@ def _restart(events: list, taken: int, saved: int, crash: int, margin: int) -> t
     return _messages(after), _messages(again), restarted
 
 
+@pytest.mark.parametrize("rebalance", [False, True], ids=["restart", "rebalance"])
 @pytest.mark.parametrize("margin", [0, checkpoint.SEEK_MARGIN])
 @pytest.mark.parametrize("cut", [0.3, 0.5, 0.8])
-def test_a_restart_from_a_checkpoint_emits_what_the_uninterrupted_run_did(events, cut, margin):
+def test_a_restart_from_a_checkpoint_emits_what_the_uninterrupted_run_did(events, cut, margin, rebalance):
     n = len(events)
     taken = int(n * cut)
     saved, crash = taken + 500, taken + 900
-    expected, got, restarted = _restart(events, taken, saved, crash, margin)
+    expected, got, restarted = _restart(events, taken, saved, crash, margin, rebalance)
     assert expected, "the run after the crash should emit something, or this proves nothing"
     assert got == expected
     live = Engine(TICK)
