@@ -161,7 +161,7 @@ class QueryServer:
         # The market loop replaces `progress.market` every time round; it starts after the first recovery.
         # (kept referenced in `_marks`, so a new one is never the old one at the same address).
         market = self._since("market", progress.market, progress.recovered, now, operator.is_)
-        gate = self._since("gate", w.gate.oldest(), len(w.gate) > 0, now)
+        gate = self._since("gate", w._released, len(w.gate) > 0, now)  # events the gate has released
         # The worker's own measure, refreshed every second while the book stream is fine (or idle).
         book = self._since("book", w._book_quiet_since, progress.recovered, now)
         return Liveness(market, book, gate, self._lag)

@@ -147,3 +147,37 @@ _minimal = {"health": {"ok": True, "reasons": [], "checks": {}}, "books": {"work
             "alerts": {"worker": WORKER, "alerts": []}, "signals": {"worker": WORKER, "signals": []},
             "error": {"error": "unknown book X", "portfolio_id": "X", "owner": None},
             "book": {"worker": WORKER, **views.book(two_asset_engine(), "B1")}}
+
+
+def test_liveness_counts_the_time_a_loop_has_not_moved_while_it_had_work(monkeypatch):
+    """The server's sampling over a worker's progress marks (the worker's attributes, set by hand)."""
+    import monitor.stream.api as api
+    from types import SimpleNamespace
+
+    from monitor.ops.config import Settings
+    from monitor.stream.watermark import Gate
+
+    clock = [100.0]
+    monkeypatch.setattr(api.time, "monotonic", lambda: clock[0])
+    w = SimpleNamespace(settings=Settings(stall_exit_s=20), progress=SimpleNamespace(market=object(), recovered=False),
+                        gate=Gate(), _released=0, _book_quiet_since=1.0)
+    server = api.QueryServer(w)  # type: ignore[arg-type]
+    stall = w.settings.stall_exit_s / 2
+
+    def at(t: float) -> Liveness:
+        clock[0] = t
+        return server._sample()
+
+    assert at(100) == Liveness(0, 0, 0, 0)
+    assert at(130).market_idle_s == 0 and at(130).book_idle_s == 0  # not recovered: nothing is owed yet
+    w.progress.recovered = True
+    live = at(142)  # the market mark and the book stream's quiet mark have not moved since the sample at 130
+    assert (live.market_idle_s, live.book_idle_s) == (12, 12) and not health(live, stall)[0]
+    w.progress.market, w._book_quiet_since = object(), 142.0
+    assert at(143) == Liveness(0, 0, 0, 0) and health(at(143), stall)[0]
+    w.gate.hold(5, "held")  # events held from now on, none released
+    w.progress.market, w._book_quiet_since = object(), 155.0  # those two keep moving
+    assert at(155).gate_idle_s == 12 and health(at(155), stall)[1] == [
+        "the event-time gate has made no progress for 12 s"]
+    w._released += 1
+    assert at(156).gate_idle_s == 0
