@@ -93,20 +93,42 @@ def _conditions(pid: str, watch: Watch | None) -> list[dict[str, Any]]:
     return out
 
 
-def _summary(engine: Engine, pid: str, limits: list[dict[str, Any]]) -> dict[str, Any]:
+def _worst(policy: Policy, watch: Watch) -> tuple[float, int, float] | None:
+    """(usage, index, actual) of the limit with the largest band usage as evaluated (the first of
+    equals). A lean pass, since the book list does it for every book under the worker's lock."""
+    worst = None
+    for k, limit in enumerate(policy.limits):
+        actual = _evaluated_actual(watch, k, limit)
+        if actual is None or not math.isfinite(actual):
+            continue
+        usage = limit.band.usage(actual - limit.target)
+        if worst is None or usage > worst[0]:
+            worst = (usage, k, actual)
+    return worst
+
+
+def _summary(engine: Engine, pid: str) -> dict[str, Any]:
     policy, watch, status = engine.policies.get(pid), engine.watches.get(pid), engine.status.get(pid)
-    measured = [lim for lim in limits if lim["usage"] is not None]
-    worst = max(measured, key=lambda lim: lim["usage"], default=None)  # first of equals: policy order
+    found = _worst(policy, watch) if policy is not None and watch is not None else None
+    worst_limit = None
+    if found is not None:
+        usage, k, actual = found
+        limit, state = policy.limits[k], watch.states.get(policy.limits[k].limit_id)  # type: ignore[union-attr]
+        open_ = state is not None and state.alert_id is not None
+        worst_limit = {"limit_id": limit.limit_id, "metric": limit.metric, "bucket": limit.bucket, "actual": actual,
+                       "target": limit.target, "drift": actual - limit.target,
+                       "severity": (state.severity or "BREACH") if open_ else  # type: ignore[union-attr]
+                       policy.evaluation.severity(usage)}  # type: ignore[union-attr]
+    open_alerts = len(watch.open_alerts(policy.limits)) if policy is not None and watch is not None else 0
     return {
         "portfolio_id": pid,
         "base_currency": policy.base_currency if policy else None,
         "policy_version": policy.version if policy else None,
         "nav": _num(status.nav) if status else None,
         "unavailable": status.unavailable if status else None,
-        "worst_band_usage": worst["usage"] if worst else None,
-        "worst_limit": ({k: worst[k] for k in ("limit_id", "metric", "bucket", "actual", "target", "drift",
-                                               "severity")} if worst else None),
-        "open_alerts": sum(lim["alert_state"] == "OPEN" for lim in limits) + len(_conditions(pid, watch)),
+        "worst_band_usage": _num(found[0]) if found else None,
+        "worst_limit": worst_limit,
+        "open_alerts": open_alerts + len(_conditions(pid, watch)),
         "pending_signals": sum(e["state"] == PENDING for e in watch.signals.live.values()) if watch else 0,
         "evaluated_ts": _ts(watch.clock) if watch else None,
     }
@@ -119,7 +141,7 @@ def _limits(engine: Engine, pid: str) -> list[dict[str, Any]]:
 
 def books(engine: Engine) -> list[dict[str, Any]]:
     """Every book's headline: NAV, worst band usage and its limit, open alerts, pending signals."""
-    return [_summary(engine, pid, _limits(engine, pid)) for pid in book_ids(engine)]
+    return [_summary(engine, pid) for pid in book_ids(engine)]
 
 
 def book(engine: Engine, pid: str) -> dict[str, Any] | None:
@@ -127,8 +149,7 @@ def book(engine: Engine, pid: str) -> dict[str, Any] | None:
     for a book this engine does not know."""
     if not engine.known_book(pid):
         return None
-    limits = _limits(engine, pid)
-    return {**_summary(engine, pid, limits), "limits": limits,
+    return {**_summary(engine, pid), "limits": _limits(engine, pid),
             "conditions": _conditions(pid, engine.watches.get(pid)), **_holdings(engine, pid)}
 
 
@@ -174,12 +195,15 @@ def alerts(engine: Engine) -> list[dict[str, Any]]:
     """Every open alert of every book: on a limit (with its numbers) or on the book's data."""
     out = []
     for pid in book_ids(engine):
-        watch = engine.watches.get(pid)
-        for lim in _limits(engine, pid):
-            if lim["alert_state"] == "OPEN":
-                out.append({"alert_id": lim["alert_id"], "portfolio_id": pid, "kind": "LIMIT",
-                            **{k: lim[k] for k in ("limit_id", "metric", "dimension", "bucket", "severity",
-                                                   "opened_ts", "actual", "target", "band", "usage")}})
+        watch, policy = engine.watches.get(pid), engine.policies.get(pid)
+        if watch is None:
+            continue
+        if policy is not None and watch.open_alerts(policy.limits):  # only books with one are looked at closely
+            for lim in limit_views(policy, watch):
+                if lim["alert_state"] == "OPEN":
+                    out.append({"alert_id": lim["alert_id"], "portfolio_id": pid, "kind": "LIMIT",
+                                **{k: lim[k] for k in ("limit_id", "metric", "dimension", "bucket", "severity",
+                                                       "opened_ts", "actual", "target", "band", "usage")}})
         out += _conditions(pid, watch)
     return out
 
