@@ -172,6 +172,7 @@ from monitor.demo import demo_command  # noqa: E402  (subcommands defined beside
 from monitor.paper import paper_trade_command  # noqa: E402
 from monitor.replay import replay_command  # noqa: E402
 from monitor.simulate import simulate_command  # noqa: E402
+from monitor.top import top_command  # noqa: E402
 from monitor.tools.lab_command import lab_command  # noqa: E402
 from monitor.tools.whatif import whatif_command  # noqa: E402
 
@@ -183,3 +184,4 @@ main.add_command(demo_command)
 main.add_command(paper_trade_command)
 main.add_command(lab_command)
 main.add_command(whatif_command)
+main.add_command(top_command)

@@ -22,11 +22,13 @@ from pathlib import Path
 import click
 import orjson
 from aiokafka import AIOKafkaConsumer
+from rich.live import Live
 
 from monitor.ops.config import KafkaSecurity, Settings
 from monitor.ops.metrics import scrape
 from monitor.ops.processes import free_ports, spawn, terminate
 from monitor.paper import FILL_ID_PREFIX
+from monitor.top import Snapshot, console, fetch, table
 
 
 @dataclass
@@ -75,8 +77,9 @@ def signal_line(doc: dict) -> str:
 
 
 async def _watch_alerts(settings: Settings, seconds: float | None, summary: DemoSummary,
-                        alive: "callable[[], bool]") -> None:
-    """Print alerts and signals as they arrive; count them, and the paper fills, for the summary."""
+                        alive: "callable[[], bool]", show_alerts: bool) -> None:
+    """The desk view (`monitor top` on the worker's API) refreshed every second; alerts and signals
+    printed above it as they arrive with `show_alerts`; all counted, and the paper fills, for the summary."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,10 +89,17 @@ async def _watch_alerts(settings: Settings, seconds: float | None, summary: Demo
                                 group_id=None, auto_offset_reset="earliest", **settings.kafka_security.client_options())
     await consumer.start()
     deadline = time.monotonic() + seconds if seconds else None
+    api = [f"http://127.0.0.1:{settings.http_port}"]
+    view = Live(table(Snapshot()), console=console(), refresh_per_second=4)
+    view.start()
+    shown = 0.0
     try:
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             if not alive():
                 raise click.ClickException("a demo process stopped early: see the logs in .demo/")
+            if time.monotonic() - shown >= 1.0:
+                view.update(table(await asyncio.to_thread(fetch, api), title="drift-monitor (monitor top)"))
+                shown = time.monotonic()
             batch = await consumer.getmany(timeout_ms=200)
             for record in (r for part in batch.values() for r in part):
                 doc = orjson.loads(record.value)
@@ -97,17 +107,23 @@ async def _watch_alerts(settings: Settings, seconds: float | None, summary: Demo
                     summary.alerts_by_state[doc["state"]] += 1
                     if doc["state"] == "OPEN":
                         summary.breached_books.add(doc["portfolio_id"])
-                    click.echo(alert_line(doc))
+                    if show_alerts:
+                        view.console.print(alert_line(doc), highlight=False, markup=False)
                 elif record.topic == signals:
                     summary.signals_by_state[doc["state"]] += 1
-                    click.echo(signal_line(doc))
+                    if show_alerts:
+                        view.console.print(signal_line(doc), highlight=False, markup=False)
                 elif doc.get("fill_id", "").startswith(FILL_ID_PREFIX):
                     summary.paper_fills.add(doc["fill_id"])
     finally:
+        view.stop()
+        if not view.console.is_terminal:
+            view.console.line()  # (a terminal gets it from Live)
         await consumer.stop()
 
 
-def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path) -> DemoSummary:
+def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path,
+             show_alerts: bool = False) -> DemoSummary:
     from monitor.ops.broker import kafka_cluster
     from monitor.stream.topics import ensure_topics
 
@@ -115,14 +131,17 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
     summary = DemoSummary()
     with kafka_cluster() as bootstrap:
         prefix = f"demo-{time.strftime('%Y%m%d-%H%M%S')}-"
+        metrics_port, api_port = free_ports(2)
         settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=2,
-                            metrics_port=free_ports()[0], data_dir=str(workdir / "worker-data"),
+                            metrics_port=metrics_port, api_port=api_port, data_dir=str(workdir / "worker-data"),
                             kafka_security=KafkaSecurity.from_env())
         asyncio.run(ensure_topics(settings))
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "MONITOR_TOPIC_PREFIX": prefix,
                "MONITOR_PARTITIONS": "2", "MONITOR_METRICS_PORT": str(settings.metrics_port),
+               "MONITOR_API_PORT": str(api_port),
                "MONITOR_DATA_DIR": settings.data_dir, "MONITOR_LOG_FORMAT": "console"}
-        click.echo(f"broker {bootstrap}; worker /metrics on http://127.0.0.1:{settings.metrics_port}/metrics; "
+        click.echo(f"broker {bootstrap}; worker /metrics on http://127.0.0.1:{settings.metrics_port}/metrics, "
+                   f"API on http://127.0.0.1:{api_port} (`monitor top --url http://127.0.0.1:{api_port}`); "
                    f"logs in {workdir}/")
         me = [sys.executable, "-m", "monitor"]
         worker = spawn([*me, "worker"], env=env, log_path=workdir / "worker.log")
@@ -130,7 +149,7 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
                           env=env, log_path=workdir / "simulator.log")
         try:
             asyncio.run(_watch_alerts(settings, seconds, summary,
-                                      lambda: worker.poll() is None and simulator.poll() is None))
+                                      lambda: worker.poll() is None and simulator.poll() is None, show_alerts))
         finally:
             terminate(simulator)
             try:
@@ -148,12 +167,14 @@ def run_demo(seconds: float | None, books: int, instruments: int, workdir: Path)
 @click.option("--books", type=int, default=5, show_default=True)
 @click.option("--instruments", type=int, default=50, show_default=True)
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path(".demo"), show_default=True)
-def demo_command(seconds: float | None, books: int, instruments: int, workdir: Path) -> None:
-    """Run broker, worker and simulator; print alerts and rebalance signals as they arrive; summarise."""
+@click.option("--alerts", "show_alerts", is_flag=True, envvar="DEMO_ALERTS",
+              help="Also print every alert and signal event as a line as it arrives [env DEMO_ALERTS]")
+def demo_command(seconds: float | None, books: int, instruments: int, workdir: Path, show_alerts: bool) -> None:
+    """Run broker, worker and simulator; show the desk view (`monitor top`) live; summarise."""
     from monitor.ops.logging import configure
 
     configure("console", "warning")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # leader elections of just-created topics
-    summary = run_demo(seconds or None, books, instruments, workdir)
+    summary = run_demo(seconds or None, books, instruments, workdir, show_alerts)
     click.echo("-" * 72)
     click.echo(summary.render(books))

@@ -8,6 +8,7 @@ several monitors (or several tests) can share one cluster.
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -166,6 +167,8 @@ class Settings:
     max_clock_skew_s: float = 300.0  # live input stamped further ahead of the wall clock is dead-lettered
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108
+    api_port: int | None = None  # the HTTP API (/health, /ready, /api/v1); None: metrics_port + 1
+    api_url: str | None = None  # how clients and the other workers reach the API; None: from host and port
     log_format: str = "console"  # "console" for a terminal, "json" in production
     log_level: str = "info"
     app_id: str = "drift-monitor"
@@ -181,6 +184,20 @@ class Settings:
     def local_metrics_url(self) -> str:
         """Where a process on this machine scrapes the worker's /metrics (bench, demo, tests)."""
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
+    def http_port(self) -> int:
+        """Where the worker's HTTP API listens (on `metrics_host`)."""
+        return self.api_port if self.api_port is not None else self.metrics_port + 1
+
+    @property
+    def public_api_url(self) -> str:
+        """The API's URL as the other workers of the group are told it (Faust's canonical_url): a redirect
+        to the owner of a book points there."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = self.metrics_host if self.metrics_host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        return f"http://{host}:{self.http_port}"
 
     def topic(self, logical: str) -> str:
         """Physical topic name of a logical one."""
@@ -207,6 +224,8 @@ class Settings:
             max_clock_skew_s=float(env.get("MONITOR_MAX_CLOCK_SKEW_S", cls.max_clock_skew_s)),
             metrics_host=env.get("MONITOR_METRICS_HOST", cls.metrics_host),
             metrics_port=int(env.get("MONITOR_METRICS_PORT", cls.metrics_port)),
+            api_port=int(env["MONITOR_API_PORT"]) if env.get("MONITOR_API_PORT") else None,
+            api_url=env.get("MONITOR_API_URL") or None,
             log_format=env.get("MONITOR_LOG_FORMAT", "console"),
             log_level=env.get("MONITOR_LOG_LEVEL", "info"),
             app_id=env.get("MONITOR_APP_ID", cls.app_id),

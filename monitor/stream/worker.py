@@ -46,6 +46,7 @@ from monitor.engine.model import Micros, format_ts
 from monitor.ops import metrics
 from monitor.ops.config import Settings
 from monitor.stream import checkpoint
+from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
@@ -134,7 +135,8 @@ class Worker:
             settings.topic(settings.app_id),
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
             store="memory://",
-            web_enabled=False,
+            web_enabled=False,  # the HTTP API is ours (api.py); Faust only announces its URL to the group
+            canonical_url=settings.public_api_url,
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             datadir=settings.data_dir,
@@ -180,6 +182,8 @@ class Worker:
         app.task(_loud("market-data", self._market_data))
         app.timer(1.0)(_loud("book-metrics", self._publish_book_metrics))
         app.timer(settings.checkpoint_s)(_loud("price-checkpoint", self._checkpoint_prices))
+        self.api = QueryServer(self)  # /health, /ready and the query API, read under `_lock`
+        app.task(_loud("http", self.api.serve))
 
     # -- book events -------------------------------------------------------------------
 
@@ -572,5 +576,6 @@ def run(settings: Settings) -> None:
     metrics.serve(settings.metrics_host, settings.metrics_port)
     log.info("metrics served", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     worker = Worker(settings)
+    asyncio.get_event_loop().run_until_complete(worker.api.start())  # on the loop Faust runs next
     faust.Worker(worker.app, loglevel=settings.log_level.upper(), quiet=True,
                  override_logging=False).execute_from_commandline()  # keep our structlog setup
