@@ -79,9 +79,20 @@ def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 
 
 def free_ports(count: int = 1) -> list[int]:
-    """Distinct loopback ports that are free now (all held open until all are picked)."""
+    """Distinct loopback ports that are free now, each with the port after it free too (a worker's
+    query API listens next to its /metrics unless told otherwise); all held open until all are picked."""
     with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
+        picked: list[int] = []
+        while len(picked) < count:
+            sock = stack.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+            port = sock.getsockname()[1]
+            if port + 1 in picked or port - 1 in picked or port >= 65535:
+                continue
+            neighbour = stack.enter_context(socket.socket())
+            try:
+                neighbour.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            picked.append(port)
+        return picked

@@ -84,9 +84,13 @@ def test_worker_runs_end_to_end_over_sasl_ssl_and_no_secret_leaks(secured: Setti
                and sample(m, "monitor_book_nav", portfolio_id=BOOK) == pytest.approx(1150.0), worker)
 
         exposition = urllib.request.urlopen(worker.metrics_url, timeout=5).read().decode()
+        api = "".join(urllib.request.urlopen(f"{secured.public_api_url}{path}", timeout=5).read().decode()
+                      for path in ("/health", "/ready", "/api/v1/books", f"/api/v1/books/{BOOK}", "/api/v1/alerts"))
         log = worker.log()
     assert "monitor_book_nav" in exposition and "SASL_SSL" in log  # the worker says how it connects
-    for output, name in ((log, "worker log"), (exposition, "/metrics"), (published.stdout + published.stderr, "CLI")):
+    assert BOOK in api
+    for output, name in ((log, "worker log"), (exposition, "/metrics"), (api, "query API"),
+                         (published.stdout + published.stderr, "CLI")):
         assert password not in output, f"the SASL password appears in the {name}"
 
 
