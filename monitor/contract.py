@@ -216,7 +216,31 @@ def _plain_ts(ts: str) -> bool:
     return _TIMESTAMP.match(ts) is not None and _is_rfc3339_text(ts)
 
 
-_FAST_PATHS = {"prices": plain_price}
+_FILL_REQUIRED = frozenset({"fill_id", "portfolio_id", "instrument_id", "side", "quantity", "price", "ts"})
+_FILL_ALLOWED = _FILL_REQUIRED | {"fees", "schema_version"}
+
+
+def plain_fill(doc: object) -> bool:
+    """True only for a fill the fills schema accepts, the shape an execution system sends; like
+    `plain_price`, sufficient and not necessary (anything else goes through jsonschema, which
+    decides and names the field). jsonschema was ~6% of the worker's time under a fill burst."""
+    if type(doc) is not dict:
+        return False
+    keys = doc.keys()
+    if not (_FILL_REQUIRED <= keys <= _FILL_ALLOWED):
+        return False
+    if "schema_version" in doc and not (type(doc["schema_version"]) is int and doc["schema_version"] == 1):
+        return False
+    if "fees" in doc and not (type(fees := doc["fees"]) in (int, float) and fees >= 0):
+        return False
+    quantity, price, ts = doc["quantity"], doc["price"], doc["ts"]
+    return (all(type(doc[f]) is str and doc[f] != "" for f in ("fill_id", "portfolio_id", "instrument_id"))
+            and doc["side"] in ("BUY", "SELL") and type(doc["side"]) is str
+            and type(quantity) in (int, float) and quantity > 0 and type(price) in (int, float) and price > 0
+            and type(ts) is str and _plain_ts(ts))
+
+
+_FAST_PATHS = {"prices": plain_price, "fills": plain_fill}
 
 
 def validate(topic: str, doc: object) -> None:

@@ -310,6 +310,42 @@ def test_the_price_fast_path_takes_every_ordinary_price(iid, price, moment, vers
     assert validator("prices").is_valid(doc) and plain_price(doc)
 
 
+_ORDINARY_FILL = st.fixed_dictionaries(
+    {"fill_id": st.text(min_size=1, max_size=8), "portfolio_id": st.text(min_size=1, max_size=8),
+     "instrument_id": st.text(min_size=1, max_size=8), "side": st.sampled_from(["BUY", "SELL"]),
+     "quantity": st.one_of(st.integers(1, 10**9), st.floats(1e-6, 1e9)), "price": st.floats(1e-9, 1e9),
+     "ts": st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.just(timezone.utc)).map(
+         lambda m: m.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))},
+    optional={"fees": st.floats(0, 1e6), "schema_version": st.just(1)})
+_FILL_KEYS = st.sampled_from(["fill_id", "portfolio_id", "instrument_id", "side", "quantity", "price", "ts",
+                              "fees", "schema_version", "extra"])
+_FILL_VALUES = st.one_of(_VALUES, st.sampled_from(["BUY", "SELL", "buy", "F-1", 1.0]), st.floats(-1, 1e6))
+
+
+@given(_ORDINARY_FILL, st.lists(st.tuples(_FILL_KEYS, st.one_of(st.just(None), _FILL_VALUES), st.booleans()),
+                                max_size=2))
+@settings(max_examples=3_000, deadline=None)
+def test_the_fill_fast_path_never_accepts_what_the_schema_refuses(doc, edits):
+    """An ordinary fill with a field or two replaced by anything, removed or added."""
+    from monitor.contract import plain_fill
+
+    for key, value, remove in edits:
+        if remove:
+            doc.pop(key, None)
+        else:
+            doc[key] = value
+    if plain_fill(doc):
+        assert validator("fills").is_valid(doc), doc
+
+
+@given(_ORDINARY_FILL)
+@settings(max_examples=300, deadline=None)
+def test_the_fill_fast_path_takes_every_ordinary_fill(doc):
+    from monitor.contract import plain_fill
+
+    assert validator("fills").is_valid(doc) and plain_fill(doc)
+
+
 def _decoded(decode, raw):
     try:
         return decode(raw)
