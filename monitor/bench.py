@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import orjson
@@ -151,13 +152,27 @@ async def _preload(settings: Settings, config: MarketConfig, prices: int) -> tup
     return n_prices, n_fills, time.perf_counter() - began
 
 
-def _progress(url: str) -> tuple[float, float, float, float]:
-    """(prices read, CPU seconds, price batches evaluated, events waiting in the gate) of the worker."""
-    samples = scrape(url)
-    return (samples.get(("monitor_events_consumed_total", (("topic", "prices"),)), 0.0),
-            samples.get(("process_cpu_seconds_total", ()), 0.0),
-            samples.get(("monitor_evaluation_seconds_count", ()), 0.0),
-            samples.get(("monitor_gate_held_events", ()), 0.0))
+class Reading(NamedTuple):
+    """What a worker's /metrics says of its drain."""
+
+    prices: float  # prices read
+    cpu_seconds: float  # the whole process's
+    evaluations: float  # event-time windows (or what one fetch held of one) applied and evaluated
+    evaluation_seconds: float  # time spent in them: applying prices, valuing and judging the books touched
+    held: float  # events waiting in the gate
+    caught_up: bool  # both streams read to their end and the gate empty, once (monitor_inputs_caught_up)
+    books: frozenset[str]  # books whose gauges it exports: the books it owns and has evaluated
+
+    @classmethod
+    def of(cls, url: str) -> "Reading":
+        samples = scrape(url)
+        return cls(samples.get(("monitor_events_consumed_total", (("topic", "prices"),)), 0.0),
+                   samples.get(("process_cpu_seconds_total", ()), 0.0),
+                   samples.get(("monitor_evaluation_seconds_count", ()), 0.0),
+                   samples.get(("monitor_evaluation_seconds_sum", ()), 0.0),
+                   samples.get(("monitor_gate_held_events", ()), 0.0),
+                   samples.get(("monitor_inputs_caught_up", ()), 0.0) == 1.0,
+                   frozenset(dict(labels)["portfolio_id"] for name, labels in samples if name == "monitor_book_nav"))
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -176,7 +191,8 @@ def _spawn_worker(settings: Settings, workdir: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
            "MONITOR_TOPIC_PREFIX": settings.topic_prefix, "MONITOR_PARTITIONS": str(settings.partitions),
            "MONITOR_METRICS_PORT": str(settings.metrics_port), "MONITOR_DATA_DIR": str(workdir / "worker-data"),
-           "MONITOR_LOG_LEVEL": "warning", "MONITOR_INSTANCE_ID": settings.instance_id or ""}
+           "MONITOR_LOG_LEVEL": "warning", "MONITOR_INSTANCE_ID": settings.instance_id or "",
+           "MONITOR_APP_ID": settings.app_id}
     return spawn([sys.executable, "-m", "monitor", "worker"], env=env, log_path=workdir / "bench-worker.log")
 
 
@@ -196,40 +212,110 @@ def _live_worker(settings: Settings, books: int, workdir: Path) -> subprocess.Po
     raise click.ClickException(f"the latency run's worker did not read its books: see {workdir / 'bench-worker.log'}")
 
 
-def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> tuple[Drain, subprocess.Popen[bytes]]:
-    """Start a worker on the preloaded topics; time it from its first price read to its last price
-    applied to the engine (all read, none left waiting in the gate)."""
+@dataclass
+class WorkerRun:
+    """One worker of a group's drain: its readings at its first price read and when the group was
+    caught up (its books a moment later, once its book gauges are published)."""
+
+    first: Reading
+    last: Reading
+    books: frozenset[str]
+    peak_rss_mb: float
+    joined_s: float  # from the group's first price read to this worker's (its join and first recovery)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.last.cpu_seconds - self.first.cpu_seconds
+
+
+@dataclass
+class GroupDrain:
+    """Workers of one consumer group draining the preloaded prices together."""
+
+    prices: int
+    seconds: float  # the first price read by any of them to the last of them caught up
+    workers: list[WorkerRun]
+    first_evaluation_s: float | None  # process start to the first evaluation of any of them
+
+    @property
+    def rate(self) -> float:
+        return self.prices / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def joined_rate(self) -> float:
+        """From the last worker's first price read: the drain with the group formed, its join left out."""
+        seconds = self.seconds - max(w.joined_s for w in self.workers)
+        return self.prices / seconds if seconds > 0 else 0.0
+
+
+# The worker publishes its book gauges once a second: wait this long after caught up to read them.
+BOOK_GAUGES_S = 1.5
+
+
+def _group_drain(settings: Settings, prices: int, workdir: Path, workers: int = 1) -> GroupDrain:
+    """Start `workers` workers of one consumer group on the preloaded topics; time them from the first
+    price any of them reads to every one caught up: all prices read, its inputs read to the end
+    (monitor_inputs_caught_up) and nothing left in its gate. Every worker is stopped on return."""
+    members = [replace(settings, metrics_port=port) for port in free_ports(workers)]
+    dirs = [workdir / f"worker-{i + 1}" for i in range(workers)]
     started = time.perf_counter()
-    proc = _spawn_worker(settings, workdir)
-    url = settings.local_metrics_url
-    first = last = first_evaluation = None
-    seen = 0.0
-    cpu_at_first = 0.0
-    poll = POLL_SECONDS[0]
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise click.ClickException(f"the worker exited: see {workdir / 'bench-worker.log'}")
-        try:
-            seen, cpu_now, evaluated, waiting = _progress(url)
-        except OSError:
-            time.sleep(0.05)
-            continue
-        if evaluated > 0 and first_evaluation is None:
-            first_evaluation = time.perf_counter() - started
-        if seen > 0 and first is None:
-            first, cpu_at_first = time.perf_counter(), cpu_now
-        if seen >= prices and waiting == 0:
-            last = time.perf_counter()
-            cpu = cpu_now - cpu_at_first
-            break
-        time.sleep(poll)
-        if first is not None:
-            poll = min(POLL_SECONDS[1], poll * 1.5)
-    else:
-        raise click.ClickException(f"the worker consumed {seen:.0f} of {prices} prices in 30 minutes")
-    assert first is not None and last is not None
-    return Drain("monitor (full engine)", prices, last - first, cpu, _peak_rss_mb(proc.pid), first_evaluation), proc
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for member, member_dir in zip(members, dirs):
+            member_dir.mkdir(parents=True, exist_ok=True)
+            procs.append(_spawn_worker(member, member_dir))
+        firsts: list[Reading | None] = [None] * workers
+        first_at = [0.0] * workers
+        began = first_evaluation = None
+        poll = POLL_SECONDS[0]
+        deadline = time.monotonic() + 1800
+        while True:
+            for proc, member_dir in zip(procs, dirs):
+                if proc.poll() is not None:
+                    raise click.ClickException(f"a worker exited ({proc.returncode}): "
+                                               f"see {member_dir / 'bench-worker.log'}")
+            try:
+                readings = [Reading.of(m.local_metrics_url) for m in members]
+            except OSError:
+                time.sleep(0.05)
+                continue
+            now = time.perf_counter()
+            for i, r in enumerate(readings):
+                if firsts[i] is None and r.prices > 0:
+                    firsts[i], first_at[i] = r, now
+            if began is None and any(firsts):
+                began = now
+            if first_evaluation is None and any(r.evaluations > 0 for r in readings):
+                first_evaluation = now - started
+            if all(r.prices >= prices and r.held == 0 and r.caught_up for r in readings):
+                break
+            if time.monotonic() > deadline:
+                state = "; ".join(f"{d.name}: {r.prices:,.0f} prices read, {r.held:,.0f} held, caught up {r.caught_up}"
+                                  for d, r in zip(dirs, readings))
+                raise click.ClickException(f"not caught up in 30 minutes ({state}): see the logs in {workdir}")
+            time.sleep(poll)
+            if began is not None:
+                poll = min(POLL_SECONDS[1], poll * 1.5)
+        assert began is not None
+        time.sleep(BOOK_GAUGES_S)
+        books = [Reading.of(m.local_metrics_url).books for m in members]
+        runs = []
+        for first, at, last, owned, proc in zip(firsts, first_at, readings, books, procs):
+            assert first is not None  # it has read every price
+            runs.append(WorkerRun(first, last, owned, _peak_rss_mb(proc.pid), at - began))
+        return GroupDrain(prices, now - began, runs, first_evaluation)
+    finally:
+        for proc in procs:
+            terminate(proc)
+
+
+def _monitor_drain(settings: Settings, prices: int, workdir: Path) -> Drain:
+    """One worker on the preloaded topics, from its first price read to its last price applied to the
+    engine (all read, none left waiting in the gate)."""
+    group = _group_drain(settings, prices, workdir)
+    (run,) = group.workers
+    return Drain("monitor (full engine)", prices, group.seconds, run.cpu_seconds, run.peak_rss_mb,
+                 group.first_evaluation_s)
 
 
 # The simulator takes ~75 us a tick at 2,000 instruments (it draws every instrument's shock each
@@ -357,10 +443,14 @@ def _market(books: int, instruments: int, seed: int = 42) -> MarketConfig:
     return MarketConfig(books=books, instruments=instruments, seed=seed, tick_rate=20_000.0, fill_rate=10.0)
 
 
+# Partitions of every bench topic: enough for two workers to own books each.
+PARTITIONS = 4
+
+
 def _preloaded(bootstrap: str, config: MarketConfig, prices: int) -> tuple[Settings, tuple[int, int, float]]:
     """Fresh topics (their own prefix; a free /metrics port for the worker) preloaded with the market."""
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=f"bench-{uuid.uuid4().hex[:6]}-",
-                        partitions=4, metrics_port=free_ports()[0], kafka_security=KafkaSecurity.from_env())
+                        partitions=PARTITIONS, metrics_port=free_ports()[0], kafka_security=KafkaSecurity.from_env())
     asyncio.run(ensure_topics(settings))
     return settings, asyncio.run(_preload(settings, config, prices))
 
@@ -374,8 +464,7 @@ def _scaling(bootstrap: str, books: list[int], instruments: list[int], prices: i
         settings, loaded = _preloaded(bootstrap, _market(n_books, n_instruments), prices)
         cell_dir = workdir / f"scaling-{n_books}x{n_instruments}"
         cell_dir.mkdir(parents=True, exist_ok=True)
-        drain, proc = _monitor_drain(settings, loaded[0], cell_dir)
-        terminate(proc)
+        drain = _monitor_drain(settings, loaded[0], cell_dir)
         cells.append(Cell(n_books, n_instruments, drain))
         click.echo(f"  scaling {n_books} books x {n_instruments} instruments: {drain.rate:,.0f} events/s, "
                    f"peak RSS {drain.peak_rss_mb:,.0f} MB")
@@ -396,6 +485,96 @@ def _scaling_report(cells: list[Cell], prices: int) -> list[str]:
     return lines + [""]
 
 
+@dataclass
+class Pair:
+    """One worker and two workers of one consumer group on the same preloaded topics."""
+
+    books: int
+    instruments: int
+    one: GroupDrain
+    two: GroupDrain
+
+    @property
+    def ratio(self) -> float:
+        return self.two.rate / self.one.rate if self.one.rate > 0 else float("nan")
+
+    @property
+    def joined_ratio(self) -> float:
+        return self.two.joined_rate / self.one.joined_rate if self.one.joined_rate > 0 else float("nan")
+
+
+def _split_wrong(group: GroupDrain, books: set[str]) -> str | None:
+    """None when every book's gauges are exported by exactly one worker and every worker exports some."""
+    owners = {b: [i + 1 for i, w in enumerate(group.workers) if b in w.books] for b in books}
+    not_once = {b: o for b, o in owners.items() if len(o) != 1}
+    idle = [i + 1 for i, w in enumerate(group.workers) if not w.books]
+    strays = sorted(set().union(*(w.books for w in group.workers)) - books)
+    if not (not_once or idle or strays):
+        return None
+    return (f"books not exported by exactly one worker: {dict(itertools.islice(not_once.items(), 10))} "
+            f"({len(not_once)} of {len(books)}); workers exporting none: {idle}; unknown books: {strays[:10]}")
+
+
+def _two_workers(bootstrap: str, books: list[int], instruments: int, prices: int, workdir: Path) -> list[Pair]:
+    """Per book count, on one preloaded market: one worker, then two workers of one consumer group
+    (each a fresh group: no committed offsets, state or checkpoint of the other run). Each worker
+    reads every price; only the worker owning a book's partition values and judges it."""
+    pairs: list[Pair] = []
+    for n_books in books:
+        config = _market(n_books, instruments)
+        settings, loaded = _preloaded(bootstrap, config, prices)
+        expected = {book.portfolio_id for book in Market(config).books}
+        cell_dir = workdir / f"two-workers-{n_books}x{instruments}"
+        drains = [_group_drain(replace(settings, app_id=f"bench-{n}-worker"), loaded[0], cell_dir / f"{n}-worker", n)
+                  for n in (1, 2)]
+        for drain in drains:
+            wrong = _split_wrong(drain, expected)
+            if wrong:
+                raise click.ClickException(f"{len(drain.workers)} worker(s) at {n_books} books: {wrong}; "
+                                           f"see the logs in {cell_dir}")
+        pairs.append(Pair(n_books, instruments, *drains))
+        click.echo(f"  {n_books} books x {instruments} instruments: one worker {drains[0].rate:,.0f} events/s, "
+                   f"two {drains[1].rate:,.0f} events/s ({pairs[-1].ratio:.2f}x; once joined "
+                   f"{pairs[-1].joined_ratio:.2f}x), books split "
+                   f"{' / '.join(str(len(w.books)) for w in drains[1].workers)}")
+    return pairs
+
+
+def _two_workers_report(pairs: list[Pair], prices: int) -> list[str]:
+    if not pairs:
+        return []
+    lines = [f"Two workers against one: the same {prices:,} preloaded prices ({pairs[0].instruments:,} instruments, "
+             f"{PARTITIONS} partitions a topic) drained by one worker, then by two workers of one consumer group "
+             "(a fresh group each). events/s: prices drained per second of wall time, from the first price read "
+             "by any worker to every worker caught up (every price read, its inputs read to the end, its gate "
+             "empty); once joined: from the last worker's first price read instead. Every worker reads, "
+             "decodes and applies every price; each values and judges only the "
+             "books of the partitions it owns (books owned: the books whose gauges it exports). Evaluations: "
+             "event-time windows applied and evaluated; evaluation s: the time in them. CPU s: from the "
+             "worker's first price read. First price s: from the group's first price read to the worker's (a "
+             "worker reads prices once it has joined the group and recovered its books). Prices read include "
+             "each instrument's start-of-day price.",
+             "",
+             "| books | workers | events/s | events/s once joined | worker | books owned | prices read | "
+             "evaluations | evaluation s | "
+             "CPU s | peak RSS MB | first price s |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in pairs:
+        for group in (p.one, p.two):
+            for i, w in enumerate(group.workers):
+                lines.append(f"| {p.books:,} | {len(group.workers)} | {group.rate:,.0f} | {group.joined_rate:,.0f} | "
+                             f"{i + 1} | {len(w.books):,} | "
+                             f"{w.last.prices:,.0f} | {w.last.evaluations:,.0f} | {w.last.evaluation_seconds:.2f} | "
+                             f"{w.cpu_seconds:.1f} | {w.peak_rss_mb:,.0f} | {w.joined_s:.1f} |")
+    lines.append("")
+    for p in pairs:
+        lines.append(f"At {p.books:,} books: two workers / one = {p.ratio:.2f}, once joined {p.joined_ratio:.2f} "
+                     f"(target >= 1.5 at 1,000 books); "
+                     f"CPU s one worker {p.one.workers[0].cpu_seconds:.1f}, two together "
+                     f"{sum(w.cpu_seconds for w in p.two.workers):.1f}.  ")
+    return lines + [""]
+
+
 def _code_version() -> str:
     """The commit the bench ran, with -dirty if the code (monitor/) had uncommitted changes; a
     results file changed by an earlier run does not count."""
@@ -409,16 +588,23 @@ def _code_version() -> str:
     return head + ("-dirty" if changed else "")
 
 
-def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
-    raw, naive, monitor = drains
-    latencies, in_worker = [p[0] for p in pairs], [p[1] for p in pairs]
-    lines = [
-        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {args['books']} books x {args['instruments']} "
-        f"instruments, {preload[0]:,} prices, {preload[1]:,} fills",
+def _header(title: str, args: dict, kafka: str) -> list[str]:
+    """A result's heading: when, what, on which machine and code, and the command that reproduces it."""
+    return [
+        f"## {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC: {title}",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; "
         f"Python {platform.python_version()}; Kafka {kafka} (single-node KRaft, loopback); code {_code_version()}.  ",
         f"Command: `monitor bench {' '.join(f'--{k.replace(chr(95), chr(45))} {v}' for k, v in args.items())}`  ",
+    ]
+
+
+def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], kafka: str, preload: tuple) -> str:
+    raw, naive, monitor = drains
+    latencies, in_worker = [p[0] for p in pairs], [p[1] for p in pairs]
+    lines = _header(f"{args['books']} books x {args['instruments']} instruments, {preload[0]:,} prices, "
+                    f"{preload[1]:,} fills", args, kafka)
+    lines += [
         f"Preload: {preload[0] + preload[1]:,} messages in {preload[2]:.1f} s.",
         "",
         "| consumer | events | seconds | events/s | CPU s | peak RSS MB |",
@@ -444,10 +630,57 @@ def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], k
     return "\n".join(lines)
 
 
+def _comparison(bootstrap: str, args: dict, workdir: Path) -> str:
+    """Raw aiokafka, naive Faust and the monitor on one preloaded price topic; then the latency run."""
+    from monitor.ops.broker import kafka_version
+
+    books, instruments, prices = args["books"], args["instruments"], args["prices"]
+    config = _market(books, instruments)
+    click.echo(f"preloading {prices:,} prices for {books} books x {instruments} instruments ...")
+    settings, preload = _preloaded(bootstrap, config, prices)
+    click.echo(f"  {preload[0]:,} prices, {preload[1]:,} fills in {preload[2]:.1f} s")
+    me = [sys.executable, "-m", "monitor.bench"]
+    topic = settings.topic("prices")
+
+    raw = _measure("raw aiokafka getmany + orjson", [*me, "raw", bootstrap, topic, str(preload[0])], 900)
+    click.echo(f"  raw: {raw.rate:,.0f} events/s")
+    naive_seconds = args["naive_seconds"]
+    naive = _measure("naive Faust agent, Table write per price",
+                     [*me, "naive", bootstrap, topic, str(preload[0]), str(naive_seconds), str(settings.partitions)],
+                     naive_seconds + 120)
+    click.echo(f"  naive Faust: {naive.rate:,.0f} events/s")
+    monitor = _monitor_drain(settings, preload[0], workdir)
+    click.echo(f"  monitor: {monitor.rate:,.0f} events/s")
+    # Latency on fresh topics holding the same market's reference data and start-of-day
+    # snapshots only: the live feed then goes on from those prices and this moment, as a
+    # real feed would. (After the preload, the event-time clock would jump from the
+    # preloaded market's simulated day to the wall clock: every book stale at once.)
+    settings, _ = _preloaded(bootstrap, replace(config, start=datetime.now(timezone.utc)), 0)
+    proc = _live_worker(settings, books, workdir)
+    url = settings.local_metrics_url
+    try:
+        before = scrape(url)
+        run_began = time.time()
+        latencies = asyncio.run(_latency(settings, config, args["latency_rate"], args["latency_seconds"],
+                                         workdir / "bench-feed.log"))
+        batches = _batches(before, scrape(url), time.time() - run_began, args["latency_seconds"])
+    finally:
+        terminate(proc)
+    first = monitor.first_evaluation_s
+    report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload) + batches
+    return report + (f"Worker process start to its first evaluation, {preload[0]:,} prices waiting: {first:.1f} s "
+                     f"(target <= 10 s).\n\n" if first is not None else "")
+
+
+def _books_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 @click.command("bench")
 @click.option("--books", type=int, default=50, show_default=True)
 @click.option("--instruments", type=int, default=2_000, show_default=True)
-@click.option("--prices", type=int, default=2_000_000, show_default=True, help="Prices to preload and drain")
+@click.option("--prices", type=int, default=2_000_000, show_default=True,
+              help="Prices to preload and drain; 0: no comparison of consumers and no latency run")
 @click.option("--naive-seconds", type=float, default=60.0, show_default=True,
               help="Cap on the naive Faust agent's run (it is slow)")
 @click.option("--latency-rate", type=float, default=20_000.0, show_default=True, help="Prices/s for the latency run")
@@ -458,13 +691,19 @@ def _report(args: dict, drains: list[Drain], pairs: list[tuple[float, float]], k
 @click.option("--scaling-instruments", default="500,2000,5000,20000", show_default=True,
               help="Instrument counts of the scaling grid (at --books); empty: none")
 @click.option("--scaling-prices", type=int, default=200_000, show_default=True,
-              help="Prices preloaded and drained per scaling cell")
+              help="Prices preloaded and drained per scaling cell and per two-worker case")
+@click.option("--two-workers", default="200,1000", show_default=True,
+              help="Book counts at which one worker and two workers of one consumer group drain the same "
+                   "prices; empty: none")
+@click.option("--two-workers-instruments", type=int, default=2_000, show_default=True,
+              help="Instruments of the two-worker cases")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("BENCHMARKS.md"), show_default=True,
               help="Markdown file the results are appended to")
 def bench_command(books: int, instruments: int, prices: int, naive_seconds: float, latency_rate: float,
                   latency_seconds: float, large: bool, scaling_books: str, scaling_instruments: str,
-                  scaling_prices: int, out: Path) -> None:
-    """Drain rate of raw aiokafka, a naive Faust agent and the monitor; event-to-alert latency; scaling."""
+                  scaling_prices: int, two_workers: str, two_workers_instruments: int, out: Path) -> None:
+    """Drain rate of raw aiokafka, a naive Faust agent and the monitor; event-to-alert latency; scaling
+    in books and instruments; one worker against two."""
     from monitor.ops.broker import kafka_cluster, kafka_version
     from monitor.ops.logging import configure
 
@@ -473,49 +712,18 @@ def bench_command(books: int, instruments: int, prices: int, naive_seconds: floa
         books, instruments = 200, 5_000
     args = {"books": books, "instruments": instruments, "prices": prices, "naive_seconds": naive_seconds,
             "latency_rate": latency_rate, "latency_seconds": latency_seconds, "scaling_books": f"'{scaling_books}'",
-            "scaling_instruments": f"'{scaling_instruments}'", "scaling_prices": scaling_prices}
-    grid_books = [int(x) for x in scaling_books.split(",") if x.strip()]
-    grid_instruments = [int(x) for x in scaling_instruments.split(",") if x.strip()]
+            "scaling_instruments": f"'{scaling_instruments}'", "scaling_prices": scaling_prices,
+            "two_workers": f"'{two_workers}'", "two_workers_instruments": two_workers_instruments}
+    grid_books, grid_instruments = _books_list(scaling_books), _books_list(scaling_instruments)
     workdir = Path(".bench")
     workdir.mkdir(exist_ok=True)
     with kafka_cluster() as bootstrap:
-        config = _market(books, instruments)
-        click.echo(f"preloading {prices:,} prices for {books} books x {instruments} instruments ...")
-        settings, preload = _preloaded(bootstrap, config, prices)
-        click.echo(f"  {preload[0]:,} prices, {preload[1]:,} fills in {preload[2]:.1f} s")
-        me = [sys.executable, "-m", "monitor.bench"]
-        topic = settings.topic("prices")
-
-        raw = _measure("raw aiokafka getmany + orjson", [*me, "raw", bootstrap, topic, str(preload[0])], 900)
-        click.echo(f"  raw: {raw.rate:,.0f} events/s")
-        naive = _measure("naive Faust agent, Table write per price",
-                         [*me, "naive", bootstrap, topic, str(preload[0]), str(naive_seconds), str(settings.partitions)],
-                         naive_seconds + 120)
-        click.echo(f"  naive Faust: {naive.rate:,.0f} events/s")
-        monitor, proc = _monitor_drain(settings, preload[0], workdir)
-        terminate(proc)
-        click.echo(f"  monitor: {monitor.rate:,.0f} events/s")
-        # Latency on fresh topics holding the same market's reference data and start-of-day
-        # snapshots only: the live feed then goes on from those prices and this moment, as a
-        # real feed would. (After the preload, the event-time clock would jump from the
-        # preloaded market's simulated day to the wall clock: every book stale at once.)
-        settings, _ = _preloaded(bootstrap, replace(config, start=datetime.now(timezone.utc)), 0)
-        proc = _live_worker(settings, books, workdir)
-        url = settings.local_metrics_url
-        try:
-            before = scrape(url)
-            run_began = time.time()
-            latencies = asyncio.run(_latency(settings, config, latency_rate, latency_seconds,
-                                             workdir / "bench-feed.log"))
-            batches = _batches(before, scrape(url), time.time() - run_began, latency_seconds)
-        finally:
-            terminate(proc)
-        first = monitor.first_evaluation_s
+        report = _comparison(bootstrap, args, workdir) if prices > 0 else ""
         cells = _scaling(bootstrap, grid_books, grid_instruments, scaling_prices, (books, instruments), workdir)
-        report = _report(args, [raw, naive, monitor], latencies, kafka_version(), preload) + batches
-        report += (f"Worker process start to its first evaluation, {preload[0]:,} prices waiting: {first:.1f} s "
-                   f"(target <= 10 s).\n\n" if first is not None else "")
-        report += "\n".join(_scaling_report(cells, scaling_prices))
+        pairs = _two_workers(bootstrap, _books_list(two_workers), two_workers_instruments, scaling_prices, workdir)
+        if not report:
+            report = "\n".join(_header("scaling grid and two workers", args, kafka_version()) + [""])
+        report += "\n".join(_scaling_report(cells, scaling_prices) + _two_workers_report(pairs, scaling_prices))
     click.echo(report)
     with out.open("a", encoding="utf-8") as f:
         f.write(report + "\n")
