@@ -289,6 +289,9 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         _wait(lambda: scrape(again.local_metrics_url).get(("monitor_inputs_caught_up", ())) == 1.0, 900,
               "the restarted worker to catch up", proc)
         restart_s = time.perf_counter() - began
+    except click.ClickException as e:
+        log_tail = (workdir / "bench-worker.log").read_text(errors="replace")[-4000:]
+        raise click.ClickException(f"{e.message}; the worker's log ends:\n{log_tail}") from None
     finally:
         terminate(proc)
     total_s = fed_s + catch_up

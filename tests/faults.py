@@ -154,6 +154,32 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaS
     return asyncio.run(go())
 
 
+def state_partitions(settings: Settings) -> dict[str, set[tuple[str, int]]]:
+    """Per state table, the (portfolio_id, partition) of every record on its changelog."""
+
+    async def go(topic: str) -> set[tuple[str, int]]:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+                                    auto_offset_reset="earliest", **settings.kafka_security.client_options())
+        await consumer.start()
+        try:
+            out: set[tuple[str, int]] = set()
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 1.5:
+                for records in (await consumer.getmany(timeout_ms=200)).values():
+                    quiet_since = time.monotonic()
+                    for r in records:
+                        key = orjson.loads(r.key)  # "B1", or the JSON text of ["B1", "fill", "F-1"]
+                        if key.startswith("["):
+                            key = orjson.loads(key)[0]
+                        out.add((key, r.partition))
+            return out
+        finally:
+            await consumer.stop()
+
+    app = settings.topic(settings.app_id)
+    return {table: asyncio.run(go(f"{app}-{table}-changelog")) for table in ("policies", "watches", "book-inputs")}
+
+
 def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], float]]:
     """Positions and USD cash per book as a restarted worker would rebuild them: the `book-inputs`
     changelog (last record per key, tombstones deleting), folded like `recompute_books`."""
@@ -178,11 +204,11 @@ def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], flo
     return recompute_books([(t, k, v) for t, k, v, _ in messages])
 
 
-def alerts_match_replay(live: list[dict], expected: list[dict]) -> list[str]:
+def alerts_match_replay(live: list[dict], expected: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
     """What is wrong with the live alert events against the replay's: an event id the replay does
     not have (or missing), a re-emitted event whose content differs, an alert opened twice."""
     def comparable(a: dict) -> dict:
-        return {k: v for k, v in a.items() if k not in ("detected_ts", "key", "partition", "offset")}
+        return {k: v for k, v in a.items() if k not in ("detected_ts", "key", "partition", "offset", *ignore)}
 
     problems: list[str] = []
     by_id: dict[str, list[dict]] = defaultdict(list)

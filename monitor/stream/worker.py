@@ -50,7 +50,7 @@ from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
-from monitor.stream.watermark import AHEAD, Gate, Progress, start_offsets
+from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, start_offsets
 
 log = structlog.get_logger("monitor.worker")
 
@@ -159,6 +159,8 @@ class Worker:
         # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
         # its own: one callback, which reads all three, is enough.
         self.tables.inputs.on_recover(self._restore)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        self._recovering = False  # from a rebalance's start to its recovery: no book is judged
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
         # Set by each recovery (start, rebalance, failover): the market is to be rewound to a checkpoint
@@ -269,6 +271,12 @@ class Worker:
         await self.tables.forget_input(staged)
         return []
 
+    async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
+        """A rebalance began: the books of the revoked partitions are another worker's from now on, and
+        the new assignment is not recovered yet. Judge nothing until `_restore` has run (a worker
+        that went on judging a book it had lost emitted transitions its new owner did not)."""
+        self._recovering = True
+
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly what the tables hold. Policies and
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
@@ -297,6 +305,7 @@ class Worker:
             self.progress.recovered = True
             self._resume = _resume_times(recovered)
             self._rewind.set()
+            self._recovering = False
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
                      policies=len(recovered.policies), inputs=len(recovered.inputs))
@@ -305,8 +314,8 @@ class Worker:
 
     async def _drain(self) -> None:
         """Apply what the gate releases, in event-time order; emit the alerts in that order."""
-        if self._rewind.is_set():
-            return  # the market is about to be rewound for the books just recovered
+        if self._recovering or self._rewind.is_set():
+            return  # a rebalance is under way, or the market is about to be rewound for its books
         async with self._lock:
             book_mark = self.progress.book_mark(self.app.consumer)
             market = self.progress.market
@@ -385,6 +394,7 @@ class Worker:
         async with self._lock:
             self.gate.drop(lambda item: isinstance(item, Price))
             self.progress.price_read.clear()
+            self.progress.market = MarketMark(0, 0, set())  # nothing is released before prices are read again
             self._settled = 0
             if found is None:
                 self.engine.restore_market(MarketState({}, 0, {}))
