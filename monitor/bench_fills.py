@@ -281,7 +281,9 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         began = time.perf_counter()
-        again = replace(settings, metrics_port=free_ports()[0])
+        # The same name and ports, as a supervisor restarts a worker (with static membership the group
+        # hands the new process the old one's assignment, which names its API URL).
+        again = settings
         proc = _spawn_worker(again, workdir)
         recovered_s = _wait(lambda: scrape(again.local_metrics_url).get(("monitor_table_recoveries_total", ()), 0) > 0
                             and scrape(again.local_metrics_url).get(("monitor_inputs_caught_up", ())) is not None,
