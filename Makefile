@@ -44,6 +44,7 @@ integration: kafka tools
 # The fault suite at length: more kill -9 trials on longer fill bursts than `make test` runs.
 faults: kafka
 	MONITOR_FAULT_TRIALS=$${MONITOR_FAULT_TRIALS:-10} MONITOR_FAULT_FILLS=$${MONITOR_FAULT_FILLS:-2000} \
+		MONITOR_FAULT_STRICT_HANDOVER=1 \
 		$(BIN)/python -m pytest -q tests/integration/test_faults.py
 
 clean:
