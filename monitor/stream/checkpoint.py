@@ -32,13 +32,13 @@ from typing import Any, Iterable, Mapping
 import orjson
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import NewTopic
 
 from monitor.engine.engine import MarketState
 from monitor.engine.model import Micros
 from monitor.ops.config import Settings
 from monitor.stream.tables import MAX_RECORD_BYTES
+from monitor.stream.topics import admin_client, create_missing
 
 log = structlog.get_logger("monitor.checkpoint")
 
@@ -96,26 +96,12 @@ def assemble(values: Iterable[bytes]) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.mark, reverse=True)
 
 
-def _admin(settings: Settings) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security.client_options())
-
-
 async def ensure_topic(settings: Settings) -> None:
     """The checkpoint topic: compacted, one partition, rolled often so that it stays a few checkpoints long."""
-    admin = _admin(settings)
-    await admin.start()
-    try:
-        name = topic_name(settings)
-        if name in set(await admin.list_topics()):
-            return
-        config = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES), "segment.ms": "60000",
-                  "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
-        response = await admin.create_topics([NewTopic(name, 1, settings.replication_factor, topic_configs=config)])
-        for topic, code, *_ in response.topic_errors:
-            if code and code != TopicAlreadyExistsError.errno:
-                raise RuntimeError(f"creating topic {topic}: error code {code}")
-    finally:
-        await admin.close()
+    config = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES), "segment.ms": "60000",
+              "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
+    await create_missing(settings, [NewTopic(topic_name(settings), 1, settings.replication_factor,
+                                             topic_configs=config)])
 
 
 async def read_all(settings: Settings) -> list[Checkpoint]:
@@ -149,7 +135,7 @@ def choose(checkpoints: list[Checkpoint], resume: Mapping[str, Micros]) -> Check
 
 async def partitions(settings: Settings, topics: list[str]) -> list[TopicPartition]:
     """Every partition of the topics, from the broker's metadata."""
-    admin = _admin(settings)
+    admin = admin_client(settings)
     await admin.start()
     try:
         described = await admin.describe_topics(topics)

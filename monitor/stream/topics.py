@@ -14,28 +14,29 @@ from monitor.ops.config import ALL_TOPICS, COMPACTED_TOPICS, OUTPUT_TOPICS, Sett
 from monitor.stream.tables import MAX_RECORD_BYTES
 
 
+def admin_client(settings: Settings) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, **settings.kafka_security.client_options())
+
+
 async def ensure_topics(settings: Settings, logical: tuple[str, ...] = ALL_TOPICS) -> None:
     """Create the missing topics (compacted where the contract says so); existing ones are fine."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
-                                **settings.kafka_security.client_options())
+    await create_missing(settings, [NewTopic(name=settings.topic(t), num_partitions=settings.partitions,
+                                             replication_factor=settings.replication_factor, topic_configs=_config(t))
+                                    for t in logical])
+
+
+async def create_missing(settings: Settings, topics: list[NewTopic]) -> None:
+    """Create those of `topics` the cluster lacks; one a concurrent creator made first is fine."""
+    admin = admin_client(settings)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(
-                name=settings.topic(t),
-                num_partitions=settings.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs=_config(t),
-            )
-            for t in logical
-            if settings.topic(t) not in existing
-        ]
+        missing = [t for t in topics if t.name not in existing]
         if not missing:
             return
         response = await admin.create_topics(missing)
         for name, code, *rest in response.topic_errors:
-            if code and code != TopicAlreadyExistsError.errno:  # a concurrent creator won the race: fine
+            if code and code != TopicAlreadyExistsError.errno:
                 raise for_code(code)(f"creating topic {name}: {rest[0] if rest else ''}")
     finally:
         await admin.close()
