@@ -208,8 +208,11 @@ def _live_worker(settings: Settings, books: int, workdir: Path) -> subprocess.Po
         except OSError:
             pass
         time.sleep(0.1)
-    terminate(proc)
-    raise click.ClickException(f"the latency run's worker did not read its books: see {workdir / 'bench-worker.log'}")
+    code = terminate(proc)
+    log_path = workdir / "bench-worker.log"
+    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:]) if log_path.exists() else ""
+    raise click.ClickException(f"the latency run's worker read no snapshot of {books} books in 120 s "
+                               f"(exit {code}); the end of {log_path}:\n{tail}")
 
 
 @dataclass

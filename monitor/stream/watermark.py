@@ -17,17 +17,22 @@ high watermarks and keeps, per partition, how far it has been read.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from bisect import bisect_left, bisect_right
-from typing import Any, Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, NamedTuple, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+import structlog
 
 from monitor.engine.model import Micros
 from monitor.ops.config import KafkaSecurity
 
 AHEAD: Micros = 2**62  # "read to the end": holds nothing back
 T = TypeVar("T")
+log = structlog.get_logger("monitor.watermark")
 
 
 class Gate(Generic[T]):
@@ -258,8 +263,8 @@ async def start_offsets(bootstrap_servers: str, group_id: str, tps: Iterable[tup
     await admin.start()
     await consumer.start()
     try:
-        committed = await admin.list_consumer_group_offsets(group_id, partitions=wanted)
-        earliest = await consumer.beginning_offsets(wanted)
+        committed = await _retrying(lambda: admin.list_consumer_group_offsets(group_id, partitions=wanted))
+        earliest = await _retrying(lambda: consumer.beginning_offsets(wanted))
     finally:
         await consumer.stop()
         await admin.close()
@@ -268,3 +273,19 @@ async def start_offsets(bootstrap_servers: str, group_id: str, tps: Iterable[tup
         meta = committed.get(tp)
         out[(tp.topic, tp.partition)] = meta.offset if meta is not None and meta.offset >= 0 else earliest[tp]
     return out
+
+
+async def _retrying(ask: Callable[[], Awaitable[T]], within: float = 60.0) -> T:
+    """`ask()`, asked again while the broker answers with a retriable error (a coordinator still
+    loading its offsets, a leader being elected), for up to `within` seconds; then the error."""
+    deadline = time.monotonic() + within
+    pause = 0.1
+    while True:
+        try:
+            return await ask()
+        except KafkaError as exc:
+            if not exc.retriable or time.monotonic() + pause > deadline:
+                raise
+            log.info("broker not ready: asking again", error=repr(exc), pause_s=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)

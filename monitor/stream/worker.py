@@ -158,7 +158,9 @@ class Worker:
         self.tables = BookTables(app, settings.partitions)
         # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
         # its own: one callback, which reads all three, is enough.
-        self.tables.inputs.on_recover(self._restore)
+        # Faust runs the callbacks in tasks whose exceptions it never reads: a failed recovery would
+        # leave a worker that reads its books and judges none of them, so it exits instead.
+        self.tables.inputs.on_recover(_loud("recovery", self._restore))
         app.on_partitions_revoked.connect(self._on_revoked)
         self._recovering = False  # from a rebalance's start to its recovery: no book is judged
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
