@@ -65,9 +65,13 @@ def test_bench_two_workers_split_the_books_and_both_catch_up(kafka_bootstrap, tm
                              r"([\d,]+) \| ([\d.]+) \| ([\d.]+) \| ([\d,]+) \| ([\d.]+) \|$", report, re.M)}
     assert set(rows) == {(1, 1), (2, 1), (2, 2)}, report
     start_of_day = len(Market(_market(20, 50)).instruments)  # one price each, FX pairs included, before the ticks
-    for books, rate, joined_rate, _, prices_read, evaluations, evaluation_s, cpu, rss, first_price in rows.values():
+    for (workers, _), (books, rate, joined_rate, _, prices_read, evaluations, evaluation_s, cpu, rss, first_price) \
+            in rows.items():
         assert books == 20 and 0 < rate <= joined_rate, report
-        assert prices_read == 20_000 + start_of_day, report
+        # A worker that read prices before the other joined rewinds its market at the rebalance (to
+        # the start of the topic: no checkpoint yet) and reads them again.
+        assert prices_read == 20_000 + start_of_day if workers == 1 else \
+            20_000 + start_of_day <= prices_read <= 2 * (20_000 + start_of_day), report
         assert evaluations > 0 and evaluation_s >= 0 and cpu > 0 and rss > 0 and first_price >= 0, report
     assert rows[(1, 1)][3] == 20, report  # one worker owns every book
     assert rows[(2, 1)][3] > 0 and rows[(2, 2)][3] > 0 and rows[(2, 1)][3] + rows[(2, 2)][3] == 20, report
