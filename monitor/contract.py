@@ -51,6 +51,7 @@ SCHEMA_VERSION = 1
 # Python's stack (about 1,000 frames, a few per level).
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_DEPTH = 16
+MAX_ID = 128  # characters of an identifier (the schemas' `identifier`): ids become record keys and labels
 # Longest reason kept; a dead-letter reason is one line, not a dump of the message.
 _MAX_REASON = 300
 # Between errors at the same place, an unexpected field beats the missing one it most
@@ -207,7 +208,7 @@ def plain_price(doc: object) -> bool:
                               and doc["schema_version"] == 1):
         return False
     iid, price, ts = doc.get("instrument_id"), doc.get("price"), doc.get("ts")
-    return (type(iid) is str and iid != "" and type(price) in (int, float) and price > 0
+    return (type(iid) is str and 0 < len(iid) <= MAX_ID and type(price) in (int, float) and price > 0
             and type(ts) is str and _plain_ts(ts))
 
 
@@ -234,7 +235,7 @@ def plain_fill(doc: object) -> bool:
     if "fees" in doc and not (type(fees := doc["fees"]) in (int, float) and fees >= 0):
         return False
     quantity, price, ts = doc["quantity"], doc["price"], doc["ts"]
-    return (all(type(doc[f]) is str and doc[f] != "" for f in ("fill_id", "portfolio_id", "instrument_id"))
+    return (all(type(doc[f]) is str and 0 < len(doc[f]) <= MAX_ID for f in ("fill_id", "portfolio_id", "instrument_id"))
             and doc["side"] in ("BUY", "SELL") and type(doc["side"]) is str
             and type(quantity) in (int, float) and quantity > 0 and type(price) in (int, float) and price > 0
             and type(ts) is str and _plain_ts(ts))

@@ -52,4 +52,8 @@ def crafted(now: datetime, book: str, iid: str) -> list[Crafted]:
                 dumps({"instrument_id": iid, "price": 10.0, "ts": ts}), "impossible_value"),
         Crafted("null-key-price", "prices", None, dumps({"instrument_id": iid, "price": 10.0, "ts": ts}),
                 "impossible_value"),
+        # Identifiers become record keys and metric labels: at most 128 characters.
+        Crafted("129-char-fill-id", "fills", book, dumps(fill("F" * 129, book, iid, ts)), "schema_violation"),
+        Crafted("129-char-instrument-price", "prices", "I" * 129,
+                dumps({"instrument_id": "I" * 129, "price": 10.0, "ts": ts}), "schema_violation"),
     ]
