@@ -224,6 +224,10 @@ def _changelog_sizes(settings: Settings) -> tuple[int, int, int]:
     return asyncio.run(go())
 
 
+def _book_navs(samples: dict) -> dict[str, float]:
+    return {dict(labels)["portfolio_id"]: v for (name, labels), v in samples.items() if name == "monitor_book_nav"}
+
+
 def _wait(check: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen[bytes]) -> float:
     began = time.perf_counter()
     while time.perf_counter() - began < timeout:
@@ -278,6 +282,7 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         rss = _peak_rss_mb(proc.pid)
         records, size, largest = _changelog_sizes(settings)
         time.sleep(settings.checkpoint_s + 1.0)  # as at the end of a day: a checkpoint after the last fill
+        navs = _book_navs(scrape(url))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         began = time.perf_counter()
@@ -291,6 +296,13 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         _wait(lambda: scrape(again.local_metrics_url).get(("monitor_inputs_caught_up", ())) == 1.0, 900,
               "the restarted worker to catch up", proc)
         restart_s = time.perf_counter() - began
+        # The restarted worker must hold what the killed one held: every book's NAV, once published.
+        _wait(lambda: len(_book_navs(scrape(again.local_metrics_url))) == day.books, 30, "the books' NAVs", proc)
+        restored = _book_navs(scrape(again.local_metrics_url))
+        wrong = {b: (nav, restored.get(b)) for b, nav in navs.items()
+                 if abs(restored.get(b, 0.0) - nav) > 1e-6 * max(1.0, abs(nav))}
+        if len(navs) != day.books or wrong:
+            raise click.ClickException(f"the restarted worker's books differ (book: NAV before, after): {wrong}")
     except click.ClickException as e:
         log_tail = (workdir / "bench-worker.log").read_text(errors="replace")[-4000:]
         raise click.ClickException(f"{e.message}; the worker's log ends:\n{log_tail}") from None

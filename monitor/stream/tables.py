@@ -24,6 +24,7 @@ thousand a second.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -255,32 +256,34 @@ async def read_inputs(settings: Settings, partitions: set[int], quiet_s: float =
         end = await consumer.end_offsets(tps)
         latest: dict[str, bytes] = {}
         remaining = set(tps)
-        moved_ms = dict.fromkeys(tps, _now_ms())  # when each position last moved
+        moved_ms = dict.fromkeys(tps, _now_ms())  # when each partition's records were last taken
         heard = time.monotonic()
         while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=200, max_records=10_000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset >= end[tp]:
-                        continue
-                    key = orjson.loads(r.key)
-                    if r.value is None:
-                        latest.pop(key, None)
-                    else:
-                        latest[key] = r.value
-                moved_ms[tp] = _now_ms()
-            for tp in list(remaining):
+            took = False
+            for tp in sorted(remaining):
+                # Asked before taking: a fetch answered by then with records is taken below, so an
+                # answer since the last take that leaves nothing to take was empty.
                 answered = consumer.last_poll_timestamp(tp)
-                if answered is not None and answered > moved_ms[tp]:
-                    heard = time.monotonic()
-                if await consumer.position(tp) >= end[tp] or (tp not in batch and answered is not None
-                                                               and answered > moved_ms[tp]):
+                records = (await consumer.getmany(tp, timeout_ms=0)).get(tp, [])
+                for r in records:
+                    if r.offset < end[tp]:
+                        key = orjson.loads(r.key)
+                        if r.value is None:
+                            latest.pop(key, None)
+                        else:
+                            latest[key] = r.value
+                if records:
+                    took, moved_ms[tp] = True, _now_ms()
+                if await consumer.position(tp) >= end[tp] or (
+                        not records and answered is not None and answered > moved_ms[tp]):
                     remaining.discard(tp)
-            if batch:
+            if took:
                 heard = time.monotonic()
             elif time.monotonic() - heard > quiet_s:
-                raise TimeoutError(f"book-inputs changelog: no answer from the broker for {quiet_s:.0f} s, "
+                raise TimeoutError(f"book-inputs changelog: nothing delivered for {quiet_s:.0f} s, "
                                    f"{len(remaining)} partitions not read to their end")
+            else:
+                await asyncio.sleep(0.01)
         return latest
     finally:
         await consumer.stop()
