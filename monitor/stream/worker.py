@@ -143,6 +143,9 @@ class Worker:
             datadir=settings.data_dir,
             consumer_auto_offset_reset="earliest",
             producer_max_request_size=MAX_RECORD_BYTES,
+            # The outbox hands a batch's records over at once: a 2 ms linger lets a produce request
+            # carry many of them (the sender's requests were ~10% of a fill burst's profile), at up to
+            # 2 ms on an alert's latency. Not measured on its own (BENCHMARKS.md, 2026-11-30 17:58).
             producer_linger=0.002,
             # A killed worker's partitions move on after this long without heartbeats (Faust's
             # default is 60 s: a restarted worker would wait that long to get its books back).
