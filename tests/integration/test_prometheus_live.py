@@ -152,17 +152,28 @@ def test_prometheus_scrapes_the_worker_and_alertmanager_delivers(worker, setting
         board = orjson.loads(dashboard_generator().render())
         exprs = [grafana_expr(t["expr"]) for p in _panels(board["panels"]) for t in p.get("targets", [])]
         assert NO_DATA_WHEN_HEALTHY <= set(exprs)
-        end = time.time()
-        empty = []
-        for expr in exprs:
-            result = prom.range(expr, started, end)
-            values = [float(v) for series in result for _, v in series["values"]]
-            has_data = any(not math.isnan(v) for v in values)
-            if expr in NO_DATA_WHEN_HEALTHY:
-                assert not has_data, f"{expr} has data now: take it off NO_DATA_WHEN_HEALTHY"
-            elif not has_data:
-                empty.append(expr)
-        assert not empty, f"dashboard queries without data: {empty}"
+
+        def empty_queries() -> list[str]:
+            empty = []
+            for expr in exprs:
+                result = prom.range(expr, started, time.time())
+                values = [float(v) for series in result for _, v in series["values"]]
+                has_data = any(not math.isnan(v) for v in values)
+                if expr in NO_DATA_WHEN_HEALTHY:
+                    assert not has_data, f"{expr} has data now: take it off NO_DATA_WHEN_HEALTHY"
+                elif not has_data:
+                    empty.append(expr)
+            return empty
+
+        # A rate needs two scrapes of its counter: a counter born in the last seconds (the first
+        # signal, the CRITICAL escalation) has none yet. Each query gets a few scrapes to show data.
+        still_empty: list[str] = []
+
+        def all_have_data() -> bool:
+            still_empty[:] = empty_queries()
+            return not still_empty
+
+        wait_for("every dashboard query to return data", all_have_data, 15, lambda: f"without data: {still_empty}")
         books = server.get("/api/v1/label/portfolio_id/values", **{"match[]": "monitor_book_nav"})["data"]
         assert BOOK in books  # the $book variable's label_values query
 
