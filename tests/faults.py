@@ -131,21 +131,21 @@ def replay_alerts(messages: list[Message], tick: int) -> list[dict]:
     return [r["value"] for r in records if r["topic"] == "drift-alerts"]
 
 
-def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaSecurity = KafkaSecurity()
-               ) -> list[tuple[bytes | None, bytes | None]]:
-    """Every (key, value) of a topic, read to its end."""
+def read_records(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaSecurity = KafkaSecurity()
+                 ) -> list[Any]:
+    """Every record of a topic (aiokafka ConsumerRecords), read to its end."""
 
-    async def go() -> list[tuple[bytes | None, bytes | None]]:
+    async def go() -> list[Any]:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                                     **security.client_options())
         await consumer.start()
         try:
-            out: list[tuple[bytes | None, bytes | None]] = []
+            out: list[Any] = []
             quiet_since = time.monotonic()
             while time.monotonic() - quiet_since < idle_s:
                 batch = await consumer.getmany(timeout_ms=200)
                 for records in batch.values():
-                    out += [(r.key, r.value) for r in records]
+                    out += records
                     quiet_since = time.monotonic()
             return out
         finally:
@@ -154,30 +154,24 @@ def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaS
     return asyncio.run(go())
 
 
+def read_topic(bootstrap: str, topic: str, idle_s: float = 1.5, security: KafkaSecurity = KafkaSecurity()
+               ) -> list[tuple[bytes | None, bytes | None]]:
+    """Every (key, value) of a topic, read to its end."""
+    return [(r.key, r.value) for r in read_records(bootstrap, topic, idle_s, security)]
+
+
 def state_partitions(settings: Settings) -> dict[str, set[tuple[str, int]]]:
     """Per state table, the (portfolio_id, partition) of every record on its changelog."""
 
-    async def go(topic: str) -> set[tuple[str, int]]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                    auto_offset_reset="earliest", **settings.kafka_security.client_options())
-        await consumer.start()
-        try:
-            out: set[tuple[str, int]] = set()
-            quiet_since = time.monotonic()
-            while time.monotonic() - quiet_since < 1.5:
-                for records in (await consumer.getmany(timeout_ms=200)).values():
-                    quiet_since = time.monotonic()
-                    for r in records:
-                        key = orjson.loads(r.key)  # "B1", or the JSON text of ["B1", "fill", "F-1"]
-                        if key.startswith("["):
-                            key = orjson.loads(key)[0]
-                        out.add((key, r.partition))
-            return out
-        finally:
-            await consumer.stop()
+    def books(topic: str) -> set[tuple[str, int]]:
+        out: set[tuple[str, int]] = set()
+        for r in read_records(settings.bootstrap_servers, topic, security=settings.kafka_security):
+            key = orjson.loads(r.key)  # "B1", or the JSON text of ["B1", "fill", "F-1"]
+            out.add((orjson.loads(key)[0] if key.startswith("[") else key, r.partition))
+        return out
 
     app = settings.topic(settings.app_id)
-    return {table: asyncio.run(go(f"{app}-{table}-changelog")) for table in ("policies", "watches", "book-inputs")}
+    return {table: books(f"{app}-{table}-changelog") for table in ("policies", "watches", "book-inputs")}
 
 
 def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], float]]:

@@ -24,9 +24,9 @@ import pytest
 from monitor.engine import format_ts, parse_ts
 from monitor.ops.config import Settings
 from monitor.ops.processes import free_ports
+from monitor.stream.api import book_partition
 from monitor.stream.topics import ensure_topics
 from tests.conftest import WorkerProcess, produce, running_worker
-from monitor.stream.api import book_partition
 from tests.faults import (Burst, Supervised, alerts_match_replay, changelog_books, make_burst, nav, read_topic,
                           recompute_books, replay_alerts, state_partitions, wait_for)
 
