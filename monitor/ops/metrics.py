@@ -45,7 +45,8 @@ GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "
                         "growing while monitor_gate_held_events stays up is a stall")
 INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
-                         "1 once both streams have been read to their end and the gate is empty (since start)")
+                         "1 once both streams have been read to their end and the gate is empty; 0 again from each "
+                         "rebalance until the books it brings are read to their end")
 CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors logged by the Kafka client libraries "
                             "(logged at most once per 10 s per message; a broker outage shows here)", ["library"])
 for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise rate() sees, not a new series

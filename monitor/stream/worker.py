@@ -102,7 +102,8 @@ def _freeze_heap(why: str) -> None:
 
     Reference data, books, and the framework's objects live as long as the worker. With them
     scanned, each full collection stopped the worker for 30-60 ms, which was most of the p99
-    of event-to-alert latency. Called once at the first evaluation and once when caught up.
+    of event-to-alert latency. Called at the first evaluation and when caught up (at start and
+    after each rebalance).
     """
     gc.collect()
     gc.freeze()
@@ -276,8 +277,11 @@ class Worker:
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         """A rebalance began: the books of the revoked partitions are another worker's from now on, and
         the new assignment is not recovered yet. Judge nothing until `_restore` has run (a worker
-        that went on judging a book it had lost emitted transitions its new owner did not)."""
+        that went on judging a book it had lost emitted transitions its new owner did not). Nor is the
+        worker caught up any more: its new books' inputs are still to be read (/ready, the gauge)."""
         self._recovering = True
+        self._caught_up = False
+        metrics.INPUTS_CAUGHT_UP.set(0)
 
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly what the tables hold. Policies and

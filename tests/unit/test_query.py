@@ -181,3 +181,20 @@ def test_liveness_counts_the_time_a_loop_has_not_moved_while_it_had_work(monkeyp
         "the event-time gate has made no progress for 12 s"]
     w._released += 1
     assert at(156).gate_idle_s == 0
+
+
+def test_a_rebalance_takes_back_caught_up_until_the_new_books_are_read(tmp_path):
+    """A worker caught up before a rebalance is not caught up after it: /ready and the gauge say so
+    until the books it brings have been read to their end (the bench and operators wait on them)."""
+    import asyncio
+
+    from monitor.ops.config import Settings
+    from monitor.ops import metrics
+    from monitor.stream.worker import Worker
+
+    worker = Worker(Settings(data_dir=str(tmp_path)))
+    worker._caught_up = True
+    metrics.INPUTS_CAUGHT_UP.set(1)
+    asyncio.run(worker._on_revoked(None, set()))
+    assert not worker._caught_up and metrics.INPUTS_CAUGHT_UP._value.get() == 0
+    assert readiness(True, worker._caught_up, False) == (False, ["inputs not read to their end yet"])
