@@ -38,7 +38,7 @@ from monitor.engine.engine import MarketState
 from monitor.engine.model import Micros
 from monitor.ops.config import Settings
 from monitor.stream.tables import MAX_RECORD_BYTES
-from monitor.stream.topics import admin_client, create_missing
+from monitor.stream.topics import admin_client
 
 log = structlog.get_logger("monitor.checkpoint")
 
@@ -96,12 +96,11 @@ def assemble(values: Iterable[bytes]) -> list[Checkpoint]:
     return sorted(out, key=lambda c: c.mark, reverse=True)
 
 
-async def ensure_topic(settings: Settings) -> None:
+def new_topic(settings: Settings) -> NewTopic:
     """The checkpoint topic: compacted, one partition, rolled often so that it stays a few checkpoints long."""
     config = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES), "segment.ms": "60000",
               "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
-    await create_missing(settings, [NewTopic(topic_name(settings), 1, settings.replication_factor,
-                                             topic_configs=config)])
+    return NewTopic(topic_name(settings), 1, settings.replication_factor, topic_configs=config)
 
 
 async def read_all(settings: Settings) -> list[Checkpoint]:

@@ -49,7 +49,8 @@ from monitor.stream import checkpoint
 from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
-from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
+from monitor.stream.outbox import Outbox
+from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
 from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, start_offsets
 
 log = structlog.get_logger("monitor.worker")
@@ -143,6 +144,10 @@ class Worker:
             datadir=settings.data_dir,
             consumer_auto_offset_reset="earliest",
             producer_max_request_size=MAX_RECORD_BYTES,
+            # The outbox hands a batch's records over at once: a 2 ms linger lets a produce request
+            # carry many of them (the sender's requests were ~10% of a fill burst's profile), at up to
+            # 2 ms on an alert's latency. Not measured on its own (BENCHMARKS.md, 2026-11-30 17:58).
+            producer_linger=0.002,
             # A killed worker's partitions move on after this long without heartbeats (Faust's
             # default is 60 s: a restarted worker would wait that long to get its books back).
             broker_session_timeout=settings.session_timeout_s,
@@ -155,14 +160,17 @@ class Worker:
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
-        self.emit = Emitter(app, settings)
-        self.tables = BookTables(app, settings.partitions)
-        # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
-        # its own: one callback, which reads all three, is enough.
+        self.outbox = Outbox()  # every record written: sent at once, delivery awaited by `settle` (outbox.py)
+        self.emit = Emitter(app, settings, self.outbox)
+        self.tables = BookTables(app, settings, self.outbox)
+        # Faust recovers policies and watches, then calls each table's callbacks: one callback, which
+        # also reads the book inputs (tables.py), is enough.
         # Faust runs the callbacks in tasks whose exceptions it never reads: a failed recovery would
         # leave a worker that reads its books and judges none of them, so it exits instead.
-        self.tables.inputs.on_recover(_loud("recovery", self._restore))
+        self.tables.watches.on_recover(_loud("recovery", self._restore))
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        self._assigned_at = time.monotonic()  # the last assignment's: its recovery's start
         self._recovering = False  # from a rebalance's start to its recovery: no book is judged
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
@@ -199,6 +207,7 @@ class Worker:
             for event in events:
                 await self.on_book_message(event.message)
             await self._drain()
+            await self.outbox.settle()  # the batch's records are on the broker before its offsets can be committed
 
     async def on_book_message(self, msg: Any) -> None:
         """Decode and check; a policy or an approval applies at once, a fill or snapshot is recorded
@@ -283,14 +292,20 @@ class Worker:
         self._caught_up = False
         metrics.INPUTS_CAUGHT_UP.set(0)
 
+    async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        self._assigned_at = time.monotonic()
+        log.info("partitions assigned: recovering", book_partitions=sorted(
+            f"{tp.topic}[{tp.partition}]" for tp in assigned if self.settings.logical(tp.topic) in BOOK_TOPICS))
+
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly what the tables hold. Policies and
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
         the engine rebuilds each book as it built it live (judging it again only from its clock)."""
+        began = time.monotonic()
         async with self._lock:
             owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
                          if self.settings.logical(tp.topic) in BOOK_TOPICS]
-            recovered = self.tables.recovered({p for _, p in owned_tps})
+            recovered = await self.tables.recovered({p for _, p in owned_tps})
             start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps,
                                         self.settings.kafka_security)
             for (topic, partition), offset in start.items():
@@ -314,6 +329,8 @@ class Worker:
             self._recovering = False
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
+                     changelogs_read_s=round(began - self._assigned_at, 3), restore_s=round(time.monotonic() - began, 3),
+                     seconds_since_start=round(time.monotonic() - self._started, 3),
                      policies=len(recovered.policies), inputs=len(recovered.inputs))
 
     # -- the watermark -----------------------------------------------------------------
@@ -355,6 +372,7 @@ class Worker:
                     log.info("caught up", seconds_since_start=round(time.monotonic() - self._started, 3))
             await self._publish(alerts)
             metrics.GATE_HELD.set(len(self.gate))
+        await self.outbox.settle()
 
     # -- market data -------------------------------------------------------------------
 
@@ -485,6 +503,8 @@ class Worker:
             _freeze_heap("first evaluation")
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         await self.emit.events(events)
+        if events:
+            await self.outbox.settle()  # the events are on the broker before the watches that record them
         for pid in sorted({e.portfolio_id for e in events}):
             await self._save_watch(pid)
         for change in self.engine.changes():
@@ -506,7 +526,8 @@ class Worker:
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
-                f"unread ones"), code=EXIT_STALLED)
+                f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),
+                code=EXIT_STALLED)
         if not len(self.gate) or self._released != self._released_seen:
             self._released_seen, self._stalled_since = self._released, now
         elif now - self._stalled_since >= 10.0:
@@ -538,8 +559,10 @@ class Worker:
             found = checkpoint.Checkpoint(self._settled, self.engine.market_state())
         partitions = {p for _, p in self.progress.book_start}
         writer = f"p{min(partitions)}" if partitions else "none"
+        await self.outbox.settle()  # the watches are on the broker before the checkpoint that relies on them
         for key, value in found.records(writer, self._checkpoints_written % checkpoint.SLOTS):
-            await self.checkpoints.send(key=key, value=value, force=True)
+            await self.outbox.send(self.checkpoints, key=key, value=value)
+        await self.outbox.settle()
         self._checkpoints_written += 1
 
     async def _publish_book_metrics(self) -> None:
@@ -561,6 +584,7 @@ class Worker:
             if self._persisted.get(pid, (None, None))[0] != watch.peak_nav:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
+        await self.outbox.settle()
 
 
 def _resume_times(recovered: Any) -> dict[str, Micros]:
@@ -579,11 +603,12 @@ def _resume_times(recovered: Any) -> dict[str, Micros]:
 
 def run(settings: Settings) -> None:
     """Create the topics, serve /metrics, and run the Faust worker until SIGINT/SIGTERM."""
-    from monitor.stream.topics import ensure_topics
+    from monitor.stream.topics import create_missing, ensure_topics
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(ensure_topics(settings))
-    loop.run_until_complete(checkpoint.ensure_topic(settings))
+    # The worker's own state topics (Faust creates its tables' changelogs itself).
+    loop.run_until_complete(create_missing(settings, [inputs_topic(settings), checkpoint.new_topic(settings)]))
     loop.close()
     asyncio.set_event_loop(asyncio.new_event_loop())
     from monitor.ops.logging import REPEATS
