@@ -228,7 +228,9 @@ class Engine:
         if instrument is None:
             book.hold(fill)
             return out
-        self._keep_positions(book)
+        if fill.ts > self._warming.get(fill.portfolio_id, -1):
+            # A restored book's fills up to its clock are judged already: nothing to attribute to.
+            self._keep_positions(book)
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)
