@@ -222,7 +222,7 @@ class Engine:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
         out = self._advance(fill.ts)
-        book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
+        book = self.books.get(fill.portfolio_id) or self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         self._changed.add(fill.portfolio_id)
         instrument = self.instruments.get(fill.instrument_id)
         if instrument is None:

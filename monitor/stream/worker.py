@@ -178,6 +178,7 @@ class Worker:
         # none of the books is behind (`_rewind_market`), and nothing is released until it is.
         self._rewind = asyncio.Event()
         self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
+        self._checkpoints: asyncio.Future[list[checkpoint.Checkpoint]]  # read by each recovery
         self._settled: Micros = 0  # every price stamped before it has been read and applied
         self._checkpoints_written = 0
         self._exported: set[str] = set()  # books whose gauges this worker exports
@@ -305,9 +306,12 @@ class Worker:
         async with self._lock:
             owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
                          if self.settings.logical(tp.topic) in BOOK_TOPICS]
-            recovered = await self.tables.recovered({p for _, p in owned_tps})
-            start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps,
-                                        self.settings.kafka_security)
+            # Read at once, each with its own client: the checkpoints (for `_rewind_market`), the book
+            # inputs and the group's offsets (a restart's fixed cost was these clients one after another).
+            self._checkpoints = asyncio.ensure_future(checkpoint.read_all(self.settings))
+            recovered, start = await asyncio.gather(
+                self.tables.recovered({p for _, p in owned_tps}),
+                start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps, self.settings.kafka_security))
             for (topic, partition), offset in start.items():
                 # Faust seeks only partitions with a committed offset; after a worker killed before its
                 # first commit, the others were left where nothing more was delivered.
@@ -414,7 +418,7 @@ class Worker:
         again on the prices the live worker had, not on a market already ahead of it."""
         self._rewind.clear()
         resume = self._resume
-        found = checkpoint.choose(await checkpoint.read_all(self.settings), resume)
+        found = checkpoint.choose(await self._checkpoints, resume)
         async with self._lock:
             self.gate.drop(lambda item: isinstance(item, Price))
             self.progress.price_read.clear()
