@@ -180,6 +180,11 @@ class Worker:
         self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
         self._checkpoints: asyncio.Future[list[checkpoint.Checkpoint]]  # read by each recovery
         self._settled: Micros = 0  # every price stamped before it has been read and applied
+        # Per price partition, the offset below which every record has been held (gate or engine); as
+        # it stood when `_settled` last moved (a checkpoint's `held`); the restored checkpoint's.
+        self._held_through: dict[int, int] = {}
+        self._held_at_settle: dict[int, int] = {}
+        self._restored_from: checkpoint.Checkpoint | None = None
         self._checkpoints_written = 0
         self._exported: set[str] = set()  # books whose gauges this worker exports
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
@@ -348,7 +353,9 @@ class Worker:
             market = self.progress.market
             watermark = min(market.mark, book_mark)
             if self.progress.price_read:
-                self._settled = max(self._settled, min(watermark, *self.progress.price_read.values()))
+                settled = min(watermark, *self.progress.price_read.values())
+                if settled >= self._settled:  # every price held by now and stamped before it is released below
+                    self._settled, self._held_at_settle = settled, dict(self._held_through)
             tick = self.engine.tick
             prices: list[Price] = []
             released = self.gate.release(watermark)
@@ -424,6 +431,9 @@ class Worker:
             self.progress.price_read.clear()
             self.progress.market = MarketMark(0, 0, set())  # nothing is released before prices are read again
             self._settled = 0
+            self._restored_from = found
+            self._held_through.clear()
+            self._held_at_settle.clear()
             if found is None:
                 self.engine.restore_market(MarketState({}, 0, {}))
                 await consumer.seek_to_beginning(*prices)
@@ -467,6 +477,8 @@ class Worker:
         times: list[Micros] = []
         prices: list[Price] = []
         not_after = self._not_after(now)
+        newest = 0
+        restored = self._restored_from
         for r in records:
             try:
                 price = decode_price(r.value, r.key, not_after)
@@ -477,8 +489,15 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
                 await self._internal_error(Origin("prices", r.partition, r.offset, r.key, r.timestamp), r.value, exc)
                 continue
+            if restored is not None and restored.covers(partition, r.offset, price.ts):
+                newest = max(newest, price.ts)  # re-read after a restore: in the restored market already
+                continue
             times.append(price.ts)
             prices.append(price)
+        if newest:
+            self.progress.read_prices(partition, newest)
+        if records:
+            self._held_through[partition] = records[-1].offset + 1
         if not prices:
             return
         self.gate.hold_run(times, prices)
@@ -560,7 +579,7 @@ class Worker:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
         async with self._lock:
-            found = checkpoint.Checkpoint(self._settled, self.engine.market_state())
+            found = checkpoint.Checkpoint(self._settled, self.engine.market_state(), self._held_at_settle)
         partitions = {p for _, p in self.progress.book_start}
         writer = f"p{min(partitions)}" if partitions else "none"
         await self.outbox.settle()  # the watches are on the broker before the checkpoint that relies on them
