@@ -325,7 +325,7 @@ class Worker:
             self.engine.drop_books()
             for pid in sorted({*recovered.policies, *recovered.watches}):
                 self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
-            self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
+            self.gate.drop_singles()
             owned_books = {*recovered.policies, *recovered.watches, *(s.event.portfolio_id for s in recovered.inputs)}
             for pid in self._exported - owned_books:
                 metrics.forget_book(pid)
@@ -427,7 +427,7 @@ class Worker:
         resume = self._resume
         found = checkpoint.choose(await self._checkpoints, resume)
         async with self._lock:
-            self.gate.drop(lambda item: isinstance(item, Price))
+            self.gate.drop_runs()
             self.progress.price_read.clear()
             self.progress.market = MarketMark(0, 0, set())  # nothing is released before prices are read again
             self._settled = 0
