@@ -52,6 +52,8 @@ CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors lo
 for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise rate() sees, not a new series
     CLIENT_LOG_ERRORS.labels(_library)
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
+BOOK_RESEEKS = Counter("monitor_book_partition_reseeks", "Book partitions sought back to the offset after the "
+                       "last message read, because the broker held more and nothing was delivered for 5 s")
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")
 LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "

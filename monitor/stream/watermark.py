@@ -207,6 +207,11 @@ class Progress:
         start = self.book_start.get((tp.topic, tp.partition))
         return start is not None and start >= highwater
 
+    def next_book_offset(self, tp: Any) -> int:
+        """The offset of the next message of a book partition this worker has to read."""
+        read = self.book_read.get(tp)
+        return read[0] + 1 if read is not None else self.book_start.get((tp.topic, tp.partition), 0)
+
     def owned_books(self, start: Mapping[tuple[str, int], int]) -> None:
         """The book partitions were (re)assigned: each starts at `start` (its committed offset, or
         the log's start offset where the group has none). What was read of a partition still owned

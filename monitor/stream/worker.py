@@ -67,6 +67,7 @@ BOOK_BATCH = 500
 BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
+RESEEK_AFTER_S = 5.0  # book partitions behind and nothing delivered this long: sought back (`_watch_streams`)
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 
@@ -192,10 +193,11 @@ class Worker:
         self.gate: Gate[Price | StagedBookEvent] = Gate()
         self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
         self._lock = asyncio.Lock()
-        self._released = self._released_seen = 0  # events the gate has released (for `_warn_if_stalled`)
+        self._released = self._released_seen = 0  # events the gate has released (for `_watch_streams`)
         self._stalled_since = time.monotonic()
-        self._book_events = self._book_events_seen = 0  # book messages read (for `_warn_if_stalled`)
+        self._book_events = self._book_events_seen = 0  # book messages read (for `_watch_streams`)
         self._book_quiet_since = time.monotonic()
+        self._resought = False  # the quiet book partitions were sought back (`_watch_streams`)
 
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
@@ -535,17 +537,30 @@ class Worker:
         if events:
             await _let_clients_run()
 
-    def _warn_if_stalled(self) -> None:
-        """Every 10 s that events wait in the gate and none is released, say what holds them. A book
-        stream that has messages on the broker and delivers none for `stall_exit_s` ends the process
-        (EXIT_STALLED): seen after restarts, Faust's consumer sometimes never delivers its book
-        partitions, and a supervisor's restart recovers where waiting does not."""
+    async def _watch_streams(self) -> None:
+        """Every second. A book partition the broker holds more of than this worker has read, while
+        no book message at all has come for `RESEEK_AFTER_S`, is sought back to the offset after the
+        last one read: Faust skips (and acknowledges) a message fetched before a rebalance that it
+        hands over after it, and the next one may never come. Nothing delivered for `stall_exit_s`
+        even so ends the process (EXIT_STALLED), for a supervisor's restart. Every 10 s that events
+        wait in the gate and none is released, the log says what holds them."""
         now = time.monotonic()
         consumer = self.app.consumer
-        if self._book_events != self._book_events_seen or not self.progress.recovered or all(
-                self.progress.book_caught_up(consumer, tp) for tp in consumer.assignment()
-                if self.settings.logical(tp.topic) in BOOK_TOPICS):
+        behind = [tp for tp in consumer.assignment() if self.settings.logical(tp.topic) in BOOK_TOPICS
+                  and not self.progress.book_caught_up(consumer, tp)] if self.progress.recovered else []
+        if self._book_events != self._book_events_seen or not behind:
             self._book_events_seen, self._book_quiet_since = self._book_events, now
+            self._resought = False
+        elif now - self._book_quiet_since >= RESEEK_AFTER_S and not self._resought and not self._recovering:
+            self._resought = True
+            to = {tp: self.progress.next_book_offset(tp) for tp in behind}
+            for tp, offset in to.items():
+                await consumer.seek(tp, offset)
+            metrics.BOOK_RESEEKS.inc(len(to))
+            log.warning("book partitions behind and nothing delivered: sought back to what was read",
+                        quiet_s=round(now - self._book_quiet_since, 1),
+                        partitions={f"{tp.topic}[{tp.partition}]": (offset, consumer.highwater(tp))
+                                    for tp, offset in to.items()})
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
@@ -600,7 +615,7 @@ class Worker:
         metrics.HELD_FILLS.set(self.engine.held_fills())
         metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
         self._published_unreferenced = self.engine.unreferenced_prices
-        self._warn_if_stalled()
+        await self._watch_streams()
         oldest = self.gate.oldest()
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
         for pid, watch in list(self.engine.watches.items()):
