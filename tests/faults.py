@@ -241,7 +241,7 @@ def wait_for(check: Callable[[], str | None], timeout: float, poll: float = 0.5)
 
 class Supervised:
     """A worker run as a supervisor (systemd, Kubernetes) runs it: one that exits with EXIT_STALLED
-    (its book stream stopped delivering, see `Worker._warn_if_stalled`) is started again, at most
+    (its book stream stopped delivering, see `Worker._watch_streams`) is started again, at most
     `restarts` times; any other exit fails the test. `restarted` counts the restarts."""
 
     def __init__(self, settings: Settings, log_dir: Path, name: str, restarts: int = 2) -> None:

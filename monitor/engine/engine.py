@@ -222,13 +222,15 @@ class Engine:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
         out = self._advance(fill.ts)
-        book = self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
+        book = self.books.get(fill.portfolio_id) or self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         self._changed.add(fill.portfolio_id)
         instrument = self.instruments.get(fill.instrument_id)
         if instrument is None:
             book.hold(fill)
             return out
-        self._keep_positions(book)
+        if fill.ts > self._warming.get(fill.portfolio_id, -1):
+            # A restored book's fills up to its clock are judged already: nothing to attribute to.
+            self._keep_positions(book)
         if not book.apply_fill(fill, instrument):
             return out
         self.holders.setdefault(fill.instrument_id, set()).add(fill.portfolio_id)

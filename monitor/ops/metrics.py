@@ -45,12 +45,15 @@ GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "
                         "growing while monitor_gate_held_events stays up is a stall")
 INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
-                         "1 once both streams have been read to their end and the gate is empty (since start)")
+                         "1 once both streams have been read to their end and the gate is empty; 0 again from each "
+                         "rebalance until the books it brings are read to their end")
 CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors logged by the Kafka client libraries "
                             "(logged at most once per 10 s per message; a broker outage shows here)", ["library"])
 for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise rate() sees, not a new series
     CLIENT_LOG_ERRORS.labels(_library)
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
+BOOK_RESEEKS = Counter("monitor_book_partition_reseeks", "Book partitions sought back to the offset after the "
+                       "last message read, because the broker held more and nothing was delivered for 5 s")
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")
 LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "

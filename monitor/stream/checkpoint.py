@@ -6,7 +6,9 @@ price and its ts per instrument, the stale sweep's schedule, each book's judged-
 the checkpoint's `mark`: every price stamped before it had been read and applied. A restarted
 worker takes the newest checkpoint that is not ahead of any of its books, loads it into the engine,
 and reads the price topic from the records stamped `SEEK_MARGIN` before the mark (Kafka's offsets
-for times) instead of from the beginning.
+for times) instead of from the beginning; of those, the records the writer had read before it
+settled the mark and that are stamped before the mark are skipped (`covers`): the checkpoint holds
+them already. A price read late (stamped before the mark, read after) is applied as live.
 
 Why replay = live still holds. A restored book is judged again only from its clock (its watch's),
 and a checkpoint is taken only if, for every book, nothing in it moves the book later than that
@@ -38,7 +40,7 @@ from monitor.engine.engine import MarketState
 from monitor.engine.model import Micros
 from monitor.ops.config import Settings
 from monitor.stream.tables import MAX_RECORD_BYTES
-from monitor.stream.topics import admin_client, create_missing
+from monitor.stream.topics import admin_client
 
 log = structlog.get_logger("monitor.checkpoint")
 
@@ -54,9 +56,17 @@ def topic_name(settings: Settings) -> str:
 class Checkpoint:
     """A `MarketState` with its mark, as written and as read back."""
 
-    def __init__(self, mark: Micros, state: MarketState) -> None:
+    def __init__(self, mark: Micros, state: MarketState, held: Mapping[int, int] | None = None) -> None:
         self.mark = mark
         self.state = state
+        # Per price partition: the offset below which every record had been read before the mark was
+        # settled. A record below it stamped before the mark is in `state` already (applied, or
+        # older than what is); a restart skips it. Empty (older checkpoints): skip nothing.
+        self.held: dict[int, int] = dict(held or {})
+
+    def covers(self, partition: int, offset: int, ts: Micros) -> bool:
+        """Whether a price record re-read after a restore from this checkpoint is in it already."""
+        return ts < self.mark and offset < self.held.get(partition, 0)
 
     @property
     def newest(self) -> Micros:
@@ -74,7 +84,8 @@ class Checkpoint:
         items = [[iid, price, ts] for iid, (price, ts) in self.state.prices.items()]
         chunks = [items[k:k + CHUNK] for k in range(0, len(items), CHUNK)] or [[]]
         head = {"id": ident, "mark": self.mark, "chunks": len(chunks), "next_sweep": self.state.next_sweep,
-                "judged": self.state.judged, "written_ms": int(time.time() * 1000)}
+                "judged": self.state.judged, "held": {str(p): o for p, o in self.held.items()},
+                "written_ms": int(time.time() * 1000)}
         return [(f"{writer}/{slot}/{k}".encode(), orjson.dumps({**head, "chunk": k, "prices": chunk}))
                 for k, chunk in enumerate(chunks)]
 
@@ -92,16 +103,16 @@ def assemble(values: Iterable[bytes]) -> list[Checkpoint]:
         if len(chunks) != head["chunks"]:
             continue
         prices = {iid: (price, ts) for k in range(head["chunks"]) for iid, price, ts in chunks[k]["prices"]}
-        out.append(Checkpoint(head["mark"], MarketState(prices, head["next_sweep"], head["judged"])))
+        held = {int(p): o for p, o in head.get("held", {}).items()}
+        out.append(Checkpoint(head["mark"], MarketState(prices, head["next_sweep"], head["judged"]), held))
     return sorted(out, key=lambda c: c.mark, reverse=True)
 
 
-async def ensure_topic(settings: Settings) -> None:
+def new_topic(settings: Settings) -> NewTopic:
     """The checkpoint topic: compacted, one partition, rolled often so that it stays a few checkpoints long."""
     config = {"cleanup.policy": "compact", "max.message.bytes": str(MAX_RECORD_BYTES), "segment.ms": "60000",
               "min.cleanable.dirty.ratio": "0.1", "delete.retention.ms": "60000"}
-    await create_missing(settings, [NewTopic(topic_name(settings), 1, settings.replication_factor,
-                                             topic_configs=config)])
+    return NewTopic(topic_name(settings), 1, settings.replication_factor, topic_configs=config)
 
 
 async def read_all(settings: Settings) -> list[Checkpoint]:

@@ -1,9 +1,6 @@
-"""What leaves the worker: alert and signal events, dead letters, and their metrics.
-
-Every send is awaited with `force=True`: not held back until the Faust event being processed is
-acknowledged (Faust's "attachments"), so events leave in the order the engine produced them, and
-a dead letter is on the broker before the offset of what it replaces can be committed.
-"""
+"""What leaves the worker: alert and signal events, dead letters, and their metrics. Every
+record goes through the outbox (outbox.py): handed to the producer at once, its delivery awaited
+with the others of its batch."""
 
 from __future__ import annotations
 
@@ -18,6 +15,7 @@ from monitor.engine.model import Micros
 from monitor.ops import metrics
 from monitor.ops.config import Settings
 from monitor.stream.codec import MAX_REASON, dead_letter, dead_letter_key, encode
+from monitor.stream.outbox import Outbox
 from monitor.stream.tables import Origin
 
 log = structlog.get_logger("monitor.worker")
@@ -28,9 +26,10 @@ def now_us() -> Micros:
 
 
 class Emitter:
-    def __init__(self, app: Any, settings: Settings) -> None:
+    def __init__(self, app: Any, settings: Settings, outbox: Outbox) -> None:
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.settings = settings
+        self.outbox = outbox
         self.alerts = app.topic(settings.topic("drift-alerts"), **raw)
         self.signals = app.topic(settings.topic("rebalance-signals"), **raw)
         self.dlq = app.topic(settings.topic("monitor-dlq"), **raw)
@@ -41,11 +40,11 @@ class Emitter:
         for event in events:
             key, value = event.portfolio_id.encode(), encode(event.to_message(now))
             if isinstance(event, AlertEvent):
-                await self.alerts.send(key=key, value=value, force=True)
+                await self.outbox.send(self.alerts, key=key, value=value)
                 metrics.alert_emitted(event)
                 log.info("drift alert", alert_id=event.alert_id, summary=event.summary())
             else:
-                await self.signals.send(key=key, value=value, force=True)
+                await self.outbox.send(self.signals, key=key, value=value)
                 metrics.SIGNALS_EMITTED.labels(event.state).inc()
                 log.info("rebalance signal", signal_id=event.signal_id, summary=event.summary())
 
@@ -57,4 +56,4 @@ class Emitter:
                     reason_code=rejected.code, reason=rejected.reason[:MAX_REASON])
         record = dead_letter(value, origin.key, self.settings.topic(origin.topic), origin.partition, origin.offset,
                              origin.timestamp_ms, rejected, now_us())
-        await self.dlq.send(key=dead_letter_key(origin.key), value=record, force=True)
+        await self.outbox.send(self.dlq, key=dead_letter_key(origin.key), value=record)

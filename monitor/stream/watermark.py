@@ -108,20 +108,16 @@ class Gate(Generic[T]):
         oldest = min([self._runs_oldest, *self._single_ts[:1]])
         return None if oldest == AHEAD else oldest
 
-    def drop(self, unwanted: Callable[[T], bool]) -> None:
-        """Forget held items (e.g. book events of partitions this worker no longer owns)."""
-        runs, singles = self._runs, list(zip(self._single_ts, self._single_items))
-        self._runs, self._single_ts, self._single_items, self._held = [], [], [], 0
-        self._runs_oldest = AHEAD
-        for ts, items, start in runs:
-            keep = [k for k in range(start, len(ts)) if not unwanted(items[k])]
-            if keep:
-                self.hold_run([ts[k] for k in keep], [items[k] for k in keep])
-        for t, item in singles:
-            if not unwanted(item):
-                self._single_ts.append(t)
-                self._single_items.append(item)
-                self._held += 1
+    def drop_runs(self) -> None:
+        """Forget the items held as runs (the market's prices, when it is rewound); at no cost per
+        item, as a restore's book inputs may be hundreds of thousands of the singles."""
+        self._held -= sum(len(ts) - start for ts, _, start in self._runs)
+        self._runs, self._runs_oldest = [], AHEAD
+
+    def drop_singles(self) -> None:
+        """Forget the items held one by one (the book events, when a rebalance moves the books)."""
+        self._held -= len(self._single_ts)
+        self._single_ts, self._single_items = [], []
 
 
 def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Micros) -> set[int]:
@@ -210,6 +206,11 @@ class Progress:
         # start), which `owned_books` asked the broker for when the partition was assigned.
         start = self.book_start.get((tp.topic, tp.partition))
         return start is not None and start >= highwater
+
+    def next_book_offset(self, tp: Any) -> int:
+        """The offset of the next message of a book partition this worker has to read."""
+        read = self.book_read.get(tp)
+        return read[0] + 1 if read is not None else self.book_start.get((tp.topic, tp.partition), 0)
 
     def owned_books(self, start: Mapping[tuple[str, int], int]) -> None:
         """The book partitions were (re)assigned: each starts at `start` (its committed offset, or

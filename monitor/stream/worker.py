@@ -49,7 +49,8 @@ from monitor.stream import checkpoint
 from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.emit import Emitter, now_us
-from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent
+from monitor.stream.outbox import Outbox
+from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
 from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, start_offsets
 
 log = structlog.get_logger("monitor.worker")
@@ -66,6 +67,7 @@ BOOK_BATCH = 500
 BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
+RESEEK_AFTER_S = 5.0  # book partitions behind and nothing delivered this long: sought back (`_watch_streams`)
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 
@@ -102,7 +104,8 @@ def _freeze_heap(why: str) -> None:
 
     Reference data, books, and the framework's objects live as long as the worker. With them
     scanned, each full collection stopped the worker for 30-60 ms, which was most of the p99
-    of event-to-alert latency. Called once at the first evaluation and once when caught up.
+    of event-to-alert latency. Called at the first evaluation and when caught up (at start and
+    after each rebalance).
     """
     gc.collect()
     gc.freeze()
@@ -142,6 +145,10 @@ class Worker:
             datadir=settings.data_dir,
             consumer_auto_offset_reset="earliest",
             producer_max_request_size=MAX_RECORD_BYTES,
+            # The outbox hands a batch's records over at once: a 2 ms linger lets a produce request
+            # carry many of them (the sender's requests were ~10% of a fill burst's profile), at up to
+            # 2 ms on an alert's latency. Not measured on its own (BENCHMARKS.md, 2026-11-30 17:58).
+            producer_linger=0.002,
             # A killed worker's partitions move on after this long without heartbeats (Faust's
             # default is 60 s: a restarted worker would wait that long to get its books back).
             broker_session_timeout=settings.session_timeout_s,
@@ -154,14 +161,17 @@ class Worker:
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
-        self.emit = Emitter(app, settings)
-        self.tables = BookTables(app, settings.partitions)
-        # Faust completes the tables' recoveries concurrently and calls each table's callbacks after
-        # its own: one callback, which reads all three, is enough.
+        self.outbox = Outbox()  # every record written: sent at once, delivery awaited by `settle` (outbox.py)
+        self.emit = Emitter(app, settings, self.outbox)
+        self.tables = BookTables(app, settings, self.outbox)
+        # Faust recovers policies and watches, then calls each table's callbacks: one callback, which
+        # also reads the book inputs (tables.py), is enough.
         # Faust runs the callbacks in tasks whose exceptions it never reads: a failed recovery would
         # leave a worker that reads its books and judges none of them, so it exits instead.
-        self.tables.inputs.on_recover(_loud("recovery", self._restore))
+        self.tables.watches.on_recover(_loud("recovery", self._restore))
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
+        self._assigned_at = time.monotonic()  # the last assignment's: its recovery's start
         self._recovering = False  # from a rebalance's start to its recovery: no book is judged
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
@@ -169,7 +179,13 @@ class Worker:
         # none of the books is behind (`_rewind_market`), and nothing is released until it is.
         self._rewind = asyncio.Event()
         self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
+        self._checkpoints: asyncio.Future[list[checkpoint.Checkpoint]]  # read by each recovery
         self._settled: Micros = 0  # every price stamped before it has been read and applied
+        # Per price partition, the offset below which every record has been held (gate or engine); as
+        # it stood when `_settled` last moved (a checkpoint's `held`); the restored checkpoint's.
+        self._held_through: dict[int, int] = {}
+        self._held_at_settle: dict[int, int] = {}
+        self._restored_from: checkpoint.Checkpoint | None = None
         self._checkpoints_written = 0
         self._exported: set[str] = set()  # books whose gauges this worker exports
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
@@ -177,10 +193,11 @@ class Worker:
         self.gate: Gate[Price | StagedBookEvent] = Gate()
         self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
         self._lock = asyncio.Lock()
-        self._released = self._released_seen = 0  # events the gate has released (for `_warn_if_stalled`)
+        self._released = self._released_seen = 0  # events the gate has released (for `_watch_streams`)
         self._stalled_since = time.monotonic()
-        self._book_events = self._book_events_seen = 0  # book messages read (for `_warn_if_stalled`)
+        self._book_events = self._book_events_seen = 0  # book messages read (for `_watch_streams`)
         self._book_quiet_since = time.monotonic()
+        self._resought = False  # the quiet book partitions were sought back (`_watch_streams`)
 
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
@@ -198,6 +215,7 @@ class Worker:
             for event in events:
                 await self.on_book_message(event.message)
             await self._drain()
+            await self.outbox.settle()  # the batch's records are on the broker before its offsets can be committed
 
     async def on_book_message(self, msg: Any) -> None:
         """Decode and check; a policy or an approval applies at once, a fill or snapshot is recorded
@@ -276,19 +294,31 @@ class Worker:
     async def _on_revoked(self, sender: Any, revoked: Any, **_: Any) -> None:
         """A rebalance began: the books of the revoked partitions are another worker's from now on, and
         the new assignment is not recovered yet. Judge nothing until `_restore` has run (a worker
-        that went on judging a book it had lost emitted transitions its new owner did not)."""
+        that went on judging a book it had lost emitted transitions its new owner did not). Nor is the
+        worker caught up any more: its new books' inputs are still to be read (/ready, the gauge)."""
         self._recovering = True
+        self._caught_up = False
+        metrics.INPUTS_CAUGHT_UP.set(0)
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        self._assigned_at = time.monotonic()
+        log.info("partitions assigned: recovering", book_partitions=sorted(
+            f"{tp.topic}[{tp.partition}]" for tp in assigned if self.settings.logical(tp.topic) in BOOK_TOPICS))
 
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly what the tables hold. Policies and
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
         the engine rebuilds each book as it built it live (judging it again only from its clock)."""
+        began = time.monotonic()
         async with self._lock:
             owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
                          if self.settings.logical(tp.topic) in BOOK_TOPICS]
-            recovered = self.tables.recovered({p for _, p in owned_tps})
-            start = await start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps,
-                                        self.settings.kafka_security)
+            # Read at once, each with its own client: the checkpoints (for `_rewind_market`), the book
+            # inputs and the group's offsets (a restart's fixed cost was these clients one after another).
+            self._checkpoints = asyncio.ensure_future(checkpoint.read_all(self.settings))
+            recovered, start = await asyncio.gather(
+                self.tables.recovered({p for _, p in owned_tps}),
+                start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps, self.settings.kafka_security))
             for (topic, partition), offset in start.items():
                 # Faust seeks only partitions with a committed offset; after a worker killed before its
                 # first commit, the others were left where nothing more was delivered.
@@ -297,7 +327,7 @@ class Worker:
             self.engine.drop_books()
             for pid in sorted({*recovered.policies, *recovered.watches}):
                 self.engine.restore(None, recovered.policies.get(pid), recovered.watches.get(pid), pid)
-            self.gate.drop(lambda item: isinstance(item, StagedBookEvent))
+            self.gate.drop_singles()
             owned_books = {*recovered.policies, *recovered.watches, *(s.event.portfolio_id for s in recovered.inputs)}
             for pid in self._exported - owned_books:
                 metrics.forget_book(pid)
@@ -310,6 +340,8 @@ class Worker:
             self._recovering = False
             metrics.RECOVERIES.inc()
             log.info("books restored", books=len({s.event.portfolio_id for s in recovered.inputs}),
+                     changelogs_read_s=round(began - self._assigned_at, 3), restore_s=round(time.monotonic() - began, 3),
+                     seconds_since_start=round(time.monotonic() - self._started, 3),
                      policies=len(recovered.policies), inputs=len(recovered.inputs))
 
     # -- the watermark -----------------------------------------------------------------
@@ -323,7 +355,9 @@ class Worker:
             market = self.progress.market
             watermark = min(market.mark, book_mark)
             if self.progress.price_read:
-                self._settled = max(self._settled, min(watermark, *self.progress.price_read.values()))
+                settled = min(watermark, *self.progress.price_read.values())
+                if settled >= self._settled:  # every price held by now and stamped before it is released below
+                    self._settled, self._held_at_settle = settled, dict(self._held_through)
             tick = self.engine.tick
             prices: list[Price] = []
             released = self.gate.release(watermark)
@@ -351,6 +385,7 @@ class Worker:
                     log.info("caught up", seconds_since_start=round(time.monotonic() - self._started, 3))
             await self._publish(alerts)
             metrics.GATE_HELD.set(len(self.gate))
+        await self.outbox.settle()
 
     # -- market data -------------------------------------------------------------------
 
@@ -392,12 +427,15 @@ class Worker:
         again on the prices the live worker had, not on a market already ahead of it."""
         self._rewind.clear()
         resume = self._resume
-        found = checkpoint.choose(await checkpoint.read_all(self.settings), resume)
+        found = checkpoint.choose(await self._checkpoints, resume)
         async with self._lock:
-            self.gate.drop(lambda item: isinstance(item, Price))
+            self.gate.drop_runs()
             self.progress.price_read.clear()
             self.progress.market = MarketMark(0, 0, set())  # nothing is released before prices are read again
             self._settled = 0
+            self._restored_from = found
+            self._held_through.clear()
+            self._held_at_settle.clear()
             if found is None:
                 self.engine.restore_market(MarketState({}, 0, {}))
                 await consumer.seek_to_beginning(*prices)
@@ -441,6 +479,8 @@ class Worker:
         times: list[Micros] = []
         prices: list[Price] = []
         not_after = self._not_after(now)
+        newest = 0
+        restored = self._restored_from
         for r in records:
             try:
                 price = decode_price(r.value, r.key, not_after)
@@ -451,8 +491,15 @@ class Worker:
             except Exception as exc:  # noqa: BLE001 - one message must not stop the worker
                 await self._internal_error(Origin("prices", r.partition, r.offset, r.key, r.timestamp), r.value, exc)
                 continue
+            if restored is not None and restored.covers(partition, r.offset, price.ts):
+                newest = max(newest, price.ts)  # re-read after a restore: in the restored market already
+                continue
             times.append(price.ts)
             prices.append(price)
+        if newest:
+            self.progress.read_prices(partition, newest)
+        if records:
+            self._held_through[partition] = records[-1].offset + 1
         if not prices:
             return
         self.gate.hold_run(times, prices)
@@ -481,6 +528,8 @@ class Worker:
             _freeze_heap("first evaluation")
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         await self.emit.events(events)
+        if events:
+            await self.outbox.settle()  # the events are on the broker before the watches that record them
         for pid in sorted({e.portfolio_id for e in events}):
             await self._save_watch(pid)
         for change in self.engine.changes():
@@ -488,21 +537,35 @@ class Worker:
         if events:
             await _let_clients_run()
 
-    def _warn_if_stalled(self) -> None:
-        """Every 10 s that events wait in the gate and none is released, say what holds them. A book
-        stream that has messages on the broker and delivers none for `stall_exit_s` ends the process
-        (EXIT_STALLED): seen after restarts, Faust's consumer sometimes never delivers its book
-        partitions, and a supervisor's restart recovers where waiting does not."""
+    async def _watch_streams(self) -> None:
+        """Every second. A book partition the broker holds more of than this worker has read, while
+        no book message at all has come for `RESEEK_AFTER_S`, is sought back to the offset after the
+        last one read: Faust skips (and acknowledges) a message fetched before a rebalance that it
+        hands over after it, and the next one may never come. Nothing delivered for `stall_exit_s`
+        even so ends the process (EXIT_STALLED), for a supervisor's restart. Every 10 s that events
+        wait in the gate and none is released, the log says what holds them."""
         now = time.monotonic()
         consumer = self.app.consumer
-        if self._book_events != self._book_events_seen or not self.progress.recovered or all(
-                self.progress.book_caught_up(consumer, tp) for tp in consumer.assignment()
-                if self.settings.logical(tp.topic) in BOOK_TOPICS):
+        behind = [tp for tp in consumer.assignment() if self.settings.logical(tp.topic) in BOOK_TOPICS
+                  and not self.progress.book_caught_up(consumer, tp)] if self.progress.recovered else []
+        if self._book_events != self._book_events_seen or not behind:
             self._book_events_seen, self._book_quiet_since = self._book_events, now
+            self._resought = False
+        elif now - self._book_quiet_since >= RESEEK_AFTER_S and not self._resought and not self._recovering:
+            self._resought = True
+            to = {tp: self.progress.next_book_offset(tp) for tp in behind}
+            for tp, offset in to.items():
+                await consumer.seek(tp, offset)
+            metrics.BOOK_RESEEKS.inc(len(to))
+            log.warning("book partitions behind and nothing delivered: sought back to what was read",
+                        quiet_s=round(now - self._book_quiet_since, 1),
+                        partitions={f"{tp.topic}[{tp.partition}]": (offset, consumer.highwater(tp))
+                                    for tp, offset in to.items()})
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
-                f"unread ones"), code=EXIT_STALLED)
+                f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),
+                code=EXIT_STALLED)
         if not len(self.gate) or self._released != self._released_seen:
             self._released_seen, self._stalled_since = self._released, now
         elif now - self._stalled_since >= 10.0:
@@ -531,11 +594,13 @@ class Worker:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
         async with self._lock:
-            found = checkpoint.Checkpoint(self._settled, self.engine.market_state())
+            found = checkpoint.Checkpoint(self._settled, self.engine.market_state(), self._held_at_settle)
         partitions = {p for _, p in self.progress.book_start}
         writer = f"p{min(partitions)}" if partitions else "none"
+        await self.outbox.settle()  # the watches are on the broker before the checkpoint that relies on them
         for key, value in found.records(writer, self._checkpoints_written % checkpoint.SLOTS):
-            await self.checkpoints.send(key=key, value=value, force=True)
+            await self.outbox.send(self.checkpoints, key=key, value=value)
+        await self.outbox.settle()
         self._checkpoints_written += 1
 
     async def _publish_book_metrics(self) -> None:
@@ -550,13 +615,14 @@ class Worker:
         metrics.HELD_FILLS.set(self.engine.held_fills())
         metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
         self._published_unreferenced = self.engine.unreferenced_prices
-        self._warn_if_stalled()
+        await self._watch_streams()
         oldest = self.gate.oldest()
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted.get(pid, (None, None))[0] != watch.peak_nav:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
+        await self.outbox.settle()
 
 
 def _resume_times(recovered: Any) -> dict[str, Micros]:
@@ -575,11 +641,12 @@ def _resume_times(recovered: Any) -> dict[str, Micros]:
 
 def run(settings: Settings) -> None:
     """Create the topics, serve /metrics, and run the Faust worker until SIGINT/SIGTERM."""
-    from monitor.stream.topics import ensure_topics
+    from monitor.stream.topics import create_missing, ensure_topics
 
     loop = asyncio.new_event_loop()
     loop.run_until_complete(ensure_topics(settings))
-    loop.run_until_complete(checkpoint.ensure_topic(settings))
+    # The worker's own state topics (Faust creates its tables' changelogs itself).
+    loop.run_until_complete(create_missing(settings, [inputs_topic(settings), checkpoint.new_topic(settings)]))
     loop.close()
     asyncio.set_event_loop(asyncio.new_event_loop())
     from monitor.ops.logging import REPEATS

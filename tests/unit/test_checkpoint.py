@@ -66,7 +66,9 @@ def _restart(events: list, taken: int, saved: int, crash: int, margin: int, reba
     for k, event in enumerate(events):
         if k == taken:
             nxt = _ts(event) or 0
-            found = Checkpoint(nxt, live.market_state())  # every price before `nxt` is applied
+            # Every price before `nxt` is applied; offsets here are the events' indexes in the log, and
+            # the first `k` have been read (the worker's `held`).
+            found = Checkpoint(nxt, live.market_state(), {0: k})
         if k == saved:
             persisted.update({pid: _saved(w) for pid, w in live.watches.items()})
         out = _feed(live, event)
@@ -100,7 +102,10 @@ def _restart(events: list, taken: int, saved: int, crash: int, margin: int, reba
         resume.setdefault(e.portfolio_id, _ts(e))
     assert choose([found], resume) is found, "the checkpoint should be usable: every watch was saved after it"
     restarted.restore_market(found.state)
-    prices = [e for e in recorded if isinstance(e, Price) and e.ts >= found.mark - margin]
+    # What the seek finds (Kafka timestamps from the mark less the margin), less what the checkpoint
+    # covers (read before it and stamped before its mark), as the worker skips them.
+    prices = [e for k, e in enumerate(recorded) if isinstance(e, Price) and e.ts >= found.mark - margin
+              and not found.covers(0, k, e.ts)]
     # The gate: book inputs first at equal times (a stable sort of inputs, then prices).
     again: list = []
     for event in sorted(inputs + prices, key=lambda e: (_ts(e), isinstance(e, Price))):
@@ -146,12 +151,26 @@ def test_a_checkpoint_ahead_of_a_book_is_not_used():
 def test_records_round_trip_in_chunks_and_an_incomplete_checkpoint_is_left_out(monkeypatch):
     monkeypatch.setattr(checkpoint, "CHUNK", 2)
     prices = {f"I{k}": (100.0 + k, 1_000 + k) for k in range(5)}
-    written = Checkpoint(1_002, MarketState(prices, 7, {"B1": 1_004}))
+    written = Checkpoint(1_002, MarketState(prices, 7, {"B1": 1_004}), {0: 40, 3: 12})
     records = written.records("p0", 1)
     assert [key for key, _ in records] == [b"p0/1/0", b"p0/1/1", b"p0/1/2"]
     [back] = assemble(value for _, value in records)
-    assert (back.mark, back.state) == (1_002, MarketState(prices, 7, {"B1": 1_004}))
+    assert (back.mark, back.state, back.held) == (1_002, MarketState(prices, 7, {"B1": 1_004}), {0: 40, 3: 12})
     # A later checkpoint of fewer chunks overwrote the first two keys: neither is complete.
     later = Checkpoint(2_000, MarketState({"I0": (1.0, 2_000)}, 0, {})).records("p0", 1)
     latest = {key: value for key, value in records + later}
     assert [c.mark for c in assemble(latest.values())] == [2_000]
+
+
+def test_a_restore_skips_only_prices_read_before_the_checkpoint_and_stamped_before_its_mark():
+    """Re-read prices the checkpoint holds are skipped; a price read late (stamped before the mark,
+    read after the checkpoint) is applied as the live worker applied it; without `held` (a checkpoint
+    written before it existed) nothing is skipped."""
+    found = Checkpoint(1_000, MarketState({}, 0, {}), {0: 50})
+    assert found.covers(0, 49, 999)
+    assert not found.covers(0, 50, 999)  # read after the checkpoint: a late price
+    assert not found.covers(0, 10, 1_000)  # stamped at the mark: not in the checkpoint
+    assert not found.covers(1, 10, 999)  # a partition not read before it
+    [old] = assemble([orjson.dumps({k: v for k, v in orjson.loads(value).items() if k != "held"})
+                      for _, value in found.records("p0", 0)])
+    assert not old.covers(0, 49, 999)

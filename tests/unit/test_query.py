@@ -181,3 +181,75 @@ def test_liveness_counts_the_time_a_loop_has_not_moved_while_it_had_work(monkeyp
         "the event-time gate has made no progress for 12 s"]
     w._released += 1
     assert at(156).gate_idle_s == 0
+
+
+def test_a_rebalance_takes_back_caught_up_until_the_new_books_are_read(tmp_path):
+    """A worker caught up before a rebalance is not caught up after it: /ready and the gauge say so
+    until the books it brings have been read to their end (the bench and operators wait on them)."""
+    import asyncio
+
+    from monitor.ops.config import Settings
+    from monitor.ops import metrics
+    from monitor.stream.worker import Worker
+
+    worker = Worker(Settings(data_dir=str(tmp_path)))
+    worker._caught_up = True
+    metrics.INPUTS_CAUGHT_UP.set(1)
+    asyncio.run(worker._on_revoked(None, set()))
+    assert not worker._caught_up and metrics.INPUTS_CAUGHT_UP._value.get() == 0
+    assert readiness(True, worker._caught_up, False) == (False, ["inputs not read to their end yet"])
+
+
+def test_a_book_partition_behind_with_nothing_delivered_is_sought_back_to_what_was_read(tmp_path, monkeypatch):
+    """Faust may skip (and acknowledge) a message fetched before a rebalance and handed over after
+    it; when the next never comes, the partition is sought back to the message after the last one
+    read, once per quiet spell, and only the partitions behind."""
+    import asyncio
+
+    from faust.types import TP
+
+    from monitor.ops import metrics
+    from monitor.ops.config import Settings
+    from monitor.stream import worker as worker_module
+    from monitor.stream.worker import RESEEK_AFTER_S, Worker
+
+    settings = Settings(data_dir=str(tmp_path))
+    worker = Worker(settings)
+    behind, done, fresh = (TP(settings.topic(t), p) for t, p in (("fills", 0), ("fills", 1), ("positions", 0)))
+    highwater = {behind: 10, done: 4, fresh: 3}
+
+    class Consumer:
+        sought: list[tuple[TP, int]] = []
+
+        def assignment(self) -> set[TP]:
+            return set(highwater)
+
+        def highwater(self, tp: TP) -> int:
+            return highwater[tp]
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            self.sought.append((tp, offset))
+
+    consumer = Consumer()
+    monkeypatch.setattr(type(worker.app), "consumer", property(lambda _: consumer))
+    worker.progress.recovered = True
+    worker.progress.owned_books({(tp.topic, tp.partition): 0 for tp in highwater})
+    worker.progress.read_book(behind, 6, 1)  # 7..9 unread
+    worker.progress.read_book(done, 3, 1)  # read to the end
+    clock = [worker._book_quiet_since]  # the quiet spell starts with the worker
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    before = metrics.BOOK_RESEEKS._value.get()
+
+    clock[0] += RESEEK_AFTER_S - 0.5
+    asyncio.run(worker._watch_streams())
+    assert consumer.sought == []
+    clock[0] += 1.0
+    asyncio.run(worker._watch_streams())
+    assert sorted(consumer.sought) == sorted([(behind, 7), (fresh, 0)])
+    assert metrics.BOOK_RESEEKS._value.get() - before == 2
+    clock[0] += 1.0
+    asyncio.run(worker._watch_streams())  # once per quiet spell
+    assert len(consumer.sought) == 2
+    worker._book_events += 1  # a message came: the spell ends
+    asyncio.run(worker._watch_streams())
+    assert not worker._resought
