@@ -15,6 +15,7 @@ import io
 import math
 import random
 import time
+import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +197,31 @@ def changelog_books(settings: Settings) -> dict[str, tuple[dict[str, float], flo
             messages.append(("fills", fill["portfolio_id"], fill, 0))
     messages.sort(key=lambda m: (m[0] != "positions", m[3]))  # snapshots (oldest first), then fills
     return recompute_books([(t, k, v) for t, k, v, _ in messages])
+
+
+def explain_books(settings: Settings, api_url: str, burst: Burst, books: list[str]) -> str:
+    """Why books' NAVs differ from the recomputation: per book, each position and the cash as the
+    worker holds them (its query API), as the `book-inputs` changelog rebuilds them, and as the topics
+    add up to, with the prices the worker values at against the burst's last. A lost or doubled fill
+    shows in the positions, a missed price in the prices."""
+    expected, persisted = recompute_books(burst.messages), changelog_books(settings)
+    lines = []
+    for book in books:
+        try:
+            with urllib.request.urlopen(f"{api_url}/api/v1/books/{book}", timeout=5) as answer:
+                held = orjson.loads(answer.read())
+        except OSError as e:
+            lines.append(f"{book}: the worker's API did not answer: {e}")
+            continue
+        worker = {h["instrument_id"]: (h["quantity"], h["price"]) for h in held.get("holdings", [])}
+        (want, want_cash), (logged, logged_cash) = expected[book], persisted.get(book, ({}, None))
+        lines.append(f"{book}: cash worker {held.get('cash')} changelog {logged_cash} topics {want_cash}")
+        for iid in sorted({*worker, *want, *logged}):
+            qty, px = worker.get(iid, (None, None))
+            if qty != want.get(iid) or logged.get(iid) != want.get(iid) or px != burst.last_price.get(iid):
+                lines.append(f"  {iid}: quantity worker {qty} changelog {logged.get(iid)} topics {want.get(iid)}; "
+                             f"price worker {px} last {burst.last_price.get(iid)}")
+    return "\n".join(lines)
 
 
 def alerts_match_replay(live: list[dict], expected: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:

@@ -48,6 +48,7 @@ from monitor.ops.config import Settings
 from monitor.stream import checkpoint
 from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
+from monitor.stream.commits import use_safe_commits
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import Outbox
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
@@ -158,6 +159,7 @@ class Worker:
             consumer_group_instance_id=settings.instance_id,
             **settings.kafka_security.faust_options(),
         )
+        use_safe_commits(app)  # no offset committed past a message skipped in a rebalance (commits.py)
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")

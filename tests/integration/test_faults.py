@@ -27,8 +27,8 @@ from monitor.ops.processes import free_ports
 from monitor.stream.api import book_partition
 from monitor.stream.topics import ensure_topics
 from tests.conftest import WorkerProcess, produce, running_worker
-from tests.faults import (Burst, Supervised, alerts_match_replay, changelog_books, make_burst, nav, read_topic,
-                          recompute_books, replay_alerts, state_partitions, wait_for)
+from tests.faults import (Burst, Supervised, alerts_match_replay, changelog_books, explain_books, make_burst, nav,
+                          read_topic, recompute_books, replay_alerts, state_partitions, wait_for)
 
 pytestmark = pytest.mark.integration
 
@@ -172,6 +172,21 @@ def split_wrong(workers: list[WorkerProcess], expected: dict[str, float]) -> str
     return "; ".join(x for x in wrong if x) or None
 
 
+def wait_for_split(workers: list[WorkerProcess], burst: Burst, expected: dict[str, float], timeout: float) -> None:
+    """`split_wrong` comes to None in time; else fail with why each book with a wrong NAV has it."""
+    try:
+        wait_for(lambda: split_wrong(workers, expected), timeout=timeout)
+    except AssertionError as failure:
+        why = []
+        for w in workers:
+            navs = book_navs(w, list(expected))
+            wrong = sorted(b for b in exported_books(w)
+                           if navs.get(b) is None or abs(navs[b] - expected[b]) > 1e-9 * abs(expected[b]))
+            if wrong:
+                why.append(f"{w.log_path.stem}:\n{explain_books(w.settings, w.settings.public_api_url, burst, wrong)}")
+        raise AssertionError(f"{failure}\n" + "\n".join(why)) from None
+
+
 def test_two_workers_split_the_books_and_a_kill_moves_them_whole(fault_settings, tmp_path: Path):
     """Two workers join on a backlog: each book is judged and exported by one of them. One is killed
     while they work through it: the other takes its books with their state; a third joins: the books
@@ -192,10 +207,10 @@ def test_two_workers_split_the_books_and_a_kill_moves_them_whole(fault_settings,
             running_worker(second_settings, tmp_path / "second.log") as second:
         wait_for(lambda: None if exported_books(first) and exported_books(second) else "not split yet", timeout=90)
         kill(first)
-        wait_for(lambda: split_wrong([second], expected), timeout=120)
+        wait_for_split([second], burst, expected, timeout=120)
         with running_worker(third_settings, tmp_path / "third.log") as third:
             wait_for(lambda: None if exported_books(third) else "the third has no book", timeout=90)
-            wait_for(lambda: split_wrong([second, third], expected), timeout=120)
+            wait_for_split([second, third], burst, expected, timeout=120)
             time.sleep(1.5)  # anything emitted late would show below
     assert_books_equal_recomputation(settings, burst)
     if STRICT_HANDOVER_ALERTS:
