@@ -240,9 +240,12 @@ async def read_inputs(settings: Settings, partitions: set[int], quiet_s: float =
     """The `book-inputs` changelog's partitions read from their start to their end now: the last
     record of each key, tombstones deleting.
 
-    A partition is read when the consumer's position reaches the end offset, or when the broker
-    answers a fetch at the position with no records (compaction can leave no record below the end
-    offset). Fails if the broker answers nothing for `quiet_s` (a recovery must not hang)."""
+    One partition at a time: a partition is read when the consumer's position reaches its end
+    offset, or when the broker answers a fetch at the position with no records (compaction can
+    leave no record below the end offset). That answer means "nothing more" only for a fetch of one
+    partition: in a fetch of several, the broker leaves a partition empty once the answer is full
+    of the others' records. Fails if the broker answers nothing for `quiet_s` (a recovery must not
+    hang)."""
     if not partitions:
         return {}
     tps = [TopicPartition(inputs_topic_name(settings), p) for p in sorted(partitions)]
@@ -251,42 +254,42 @@ async def read_inputs(settings: Settings, partitions: set[int], quiet_s: float =
                                 **settings.kafka_security.client_options())
     await consumer.start()
     try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         latest: dict[str, bytes] = {}
-        remaining = set(tps)
-        moved_ms = dict.fromkeys(tps, _now_ms())  # when each partition's records were last taken
-        heard = time.monotonic()
-        while remaining:
-            took = False
-            for tp in sorted(remaining):
-                # Asked before taking: a fetch answered by then with records is taken below, so an
-                # answer since the last take that leaves nothing to take was empty.
-                answered = consumer.last_poll_timestamp(tp)
-                records = (await consumer.getmany(tp, timeout_ms=0)).get(tp, [])
-                for r in records:
-                    if r.offset < end[tp]:
-                        key = orjson.loads(r.key)
-                        if r.value is None:
-                            latest.pop(key, None)
-                        else:
-                            latest[key] = r.value
-                if records:
-                    took, moved_ms[tp] = True, _now_ms()
-                if await consumer.position(tp) >= end[tp] or (
-                        not records and answered is not None and answered > moved_ms[tp]):
-                    remaining.discard(tp)
-            if took:
-                heard = time.monotonic()
-            elif time.monotonic() - heard > quiet_s:
-                raise TimeoutError(f"book-inputs changelog: nothing delivered for {quiet_s:.0f} s, "
-                                   f"{len(remaining)} partitions not read to their end")
-            else:
-                await asyncio.sleep(0.01)
+        for tp in tps:
+            if end[tp]:
+                await _read_partition(consumer, tp, end[tp], latest, quiet_s)
         return latest
     finally:
         await consumer.stop()
+
+
+async def _read_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, latest: dict[str, bytes],
+                          quiet_s: float) -> None:
+    """One partition's records below `end` into `latest` (see `read_inputs`)."""
+    consumer.assign([tp])
+    await consumer.seek_to_beginning(tp)
+    moved_ms = _now_ms()  # when records were last taken
+    heard = time.monotonic()
+    while True:
+        # Asked before taking: a fetch answered by then with records is taken below, so an answer
+        # since the last take that leaves nothing to take was empty.
+        answered = consumer.last_poll_timestamp(tp)
+        records = (await consumer.getmany(tp, timeout_ms=0)).get(tp, [])
+        for r in records:
+            if r.offset < end:
+                key = orjson.loads(r.key)
+                if r.value is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = r.value
+        if records:
+            moved_ms, heard = _now_ms(), time.monotonic()
+        if await consumer.position(tp) >= end or (not records and answered is not None and answered > moved_ms):
+            return
+        if time.monotonic() - heard > quiet_s:
+            raise TimeoutError(f"book-inputs changelog: nothing delivered for {quiet_s:.0f} s, {tp} not read through")
+        await asyncio.sleep(0.01)
 
 
 def _now_ms() -> int:

@@ -17,8 +17,10 @@ from monitor.stream.topics import create_missing
 
 pytestmark = pytest.mark.integration
 
-PARTITIONS = 4
-RECORDS = 160_000  # ~300 B each: several fetches a partition, with other partitions' answers buffered meanwhile
+PARTITIONS = 8
+# ~300 B each, 6 MB a partition: several fetches a partition, and more than one fetch of every
+# partition at once can answer (a partition left empty by a full answer is not read to its end)
+RECORDS = 160_000
 
 
 async def _write_day(settings: Settings) -> dict[int, dict[str, bytes]]:
