@@ -224,34 +224,44 @@ def explain_books(settings: Settings, api_url: str, burst: Burst, books: list[st
     return "\n".join(lines)
 
 
-def alerts_match_replay(live: list[dict], expected: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
-    """What is wrong with the live alert events against the replay's: an event id the replay does
-    not have (or missing), a re-emitted event whose content differs, an alert opened twice."""
-    def comparable(a: dict) -> dict:
-        return {k: v for k, v in a.items() if k not in ("detected_ts", "key", "partition", "offset", *ignore)}
+def _comparable(a: dict, ignore: tuple[str, ...]) -> dict:
+    return {k: v for k, v in a.items() if k not in ("detected_ts", "key", "partition", "offset", *ignore)}
 
+
+def _differ(event_id: str, first: dict, other: dict, what: str) -> list[str]:
+    keys = sorted(k for k in {*first, *other} if first.get(k) != other.get(k))
+    if not keys:
+        return []
+    return [f"event {event_id} ({first['message']}) differs {what} in {keys}: "
+            + "; ".join(f"{k}: {first.get(k)} / {other.get(k)}" for k in keys)]
+
+
+def alerts_consistent(live: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with the live alert events on their own: a re-emitted event (same id) whose
+    content differs from the first copy, an alert opened twice."""
     problems: list[str] = []
-    by_id: dict[str, list[dict]] = defaultdict(list)
-    for a in live:
-        by_id[a["event_id"]].append(comparable(a))
-    wanted = {a["event_id"]: comparable(a) for a in expected}
-    for event_id in sorted(set(by_id) - set(wanted)):
-        problems.append(f"live only: {by_id[event_id][0]['message']}")
-    for event_id in sorted(set(wanted) - set(by_id)):
-        problems.append(f"replay only: {wanted[event_id]['message']}")
-    for event_id, copies in by_id.items():
-        for copy in [*copies[1:], wanted.get(event_id, copies[0])]:
-            differ = sorted(k for k in {*copy, *copies[0]} if copy.get(k) != copies[0].get(k))
-            if differ:
-                problems.append(f"event {event_id} ({copies[0]['message']}) differs between copies or from the "
-                                f"replay in {differ}: " + "; ".join(f"{k}: {copies[0].get(k)} / {copy.get(k)}"
-                                                                     for k in differ))
+    first: dict[str, dict] = {}
     opens: dict[str, set[str]] = defaultdict(set)
     for a in live:
+        c = _comparable(a, ignore)
+        problems += _differ(a["event_id"], first.setdefault(a["event_id"], c), c, "between copies")
         if a["state"] == "OPEN":
             opens[a["alert_id"]].add(a["event_id"])
-    problems += [f"alert {aid} opened {len(ids)} times" for aid, ids in opens.items() if len(ids) > 1]
-    return problems
+    return problems + [f"alert {aid} opened {len(ids)} times" for aid, ids in opens.items() if len(ids) > 1]
+
+
+def alerts_match_replay(live: list[dict], expected: list[dict], ignore: tuple[str, ...] = ()) -> list[str]:
+    """What is wrong with the live alert events against the replay's: an event id the replay does
+    not have (or missing), an event whose content differs from the replay's, and `alerts_consistent`."""
+    first: dict[str, dict] = {}
+    for a in live:
+        first.setdefault(a["event_id"], _comparable(a, ignore))
+    wanted = {a["event_id"]: _comparable(a, ignore) for a in expected}
+    problems = [f"live only: {first[e]['message']}" for e in sorted(set(first) - set(wanted))]
+    problems += [f"replay only: {wanted[e]['message']}" for e in sorted(set(wanted) - set(first))]
+    for event_id in sorted(set(first) & set(wanted)):
+        problems += _differ(event_id, first[event_id], wanted[event_id], "from the replay")
+    return problems + alerts_consistent(live, ignore)
 
 
 def wait_for(check: Callable[[], str | None], timeout: float, poll: float = 0.5) -> None:

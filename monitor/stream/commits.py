@@ -6,8 +6,8 @@ acknowledges each skipped message as if processed (faust-streaming 0.15, `Stream
 At a revoke it has also forgotten the partitions' committed offsets, so its next commit takes a
 run of skipped offsets for done (`Consumer._new_offset` checks a gap before the first acknowledged
 offset only against a committed offset it knows): the offset committed jumps past messages no
-agent handled, and the book partition's next owner never reads them. The two-worker fault test
-caught it as two books' NAVs off the recomputation after a handover.
+agent handled, and the book partition's next owner never reads them: the likely cause of two
+books' NAVs off the recomputation after a handover, in one run of the two-worker fault test.
 
 Here an acknowledgement counts only for a message a stream handed to an agent (Faust marks it
 `tracked` then). A skipped message leaves a gap the commit stops at, and it is read again: after

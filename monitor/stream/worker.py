@@ -542,8 +542,8 @@ class Worker:
     async def _watch_streams(self) -> None:
         """Every second. A book partition the broker holds more of than this worker has read, while
         no book message at all has come for `RESEEK_AFTER_S`, is sought back to the offset after the
-        last one read: Faust skips (and acknowledges) a message fetched before a rebalance that it
-        hands over after it, and the next one may never come. Nothing delivered for `stall_exit_s`
+        last one read: Faust skips a message fetched before a rebalance that it hands over after it
+        (its offset stays uncommitted, commits.py), and the next one may never come. Nothing delivered for `stall_exit_s`
         even so ends the process (EXIT_STALLED), for a supervisor's restart. Every 10 s that events
         wait in the gate and none is released, the log says what holds them."""
         now = time.monotonic()
