@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -126,11 +126,15 @@ class BookTables:
         self.outbox = outbox
         partitions = settings.partitions
         config = {"max.message.bytes": str(MAX_RECORD_BYTES)}
-        self.policies = app.Table("policies", key_type=str, partitions=partitions, extra_topic_configs=config)
+        # Each table key's changelog partition: learnt from Faust's recovery (one callback a record
+        # read) and from this worker's writes; `recovered` keeps the keys of the partitions owned.
+        self._key_partitions: dict[str, dict[str, int]] = {"policies": {}, "watches": {}}
+        self.policies = app.Table("policies", key_type=str, partitions=partitions, extra_topic_configs=config,
+                                  on_changelog_event=self._recovering("policies"))
         # Watches are written as JSON by orjson and kept as the bytes written (Faust's own JSON codec
         # cost more than the rest of writing one, and its recovery decoded every record).
         self.watches = app.Table("watches", key_type=str, partitions=partitions, extra_topic_configs=config,
-                                 value_type=bytes)
+                                 value_type=bytes, on_changelog_event=self._recovering("watches"))
         self.inputs: dict[str, bytes] = {}  # book-inputs: key -> record, of the partitions owned
         self.inputs_topic = app.topic(inputs_topic_name(settings), key_serializer="raw", value_serializer="raw")
         self.partition_of: dict[str, int] = {}  # portfolio_id -> its input partition
@@ -198,30 +202,37 @@ class BookTables:
 
         `table[key] = value` would send to the partition of the event being processed and leave
         the record in Faust's producer buffer, which stops draining under the gate's write rate
-        (faust-streaming 0.15). The store also learns the key's partition, so that Faust drops the
-        key when the partition is revoked.
+        (faust-streaming 0.15).
         """
-        store = table.data
-        store[key] = value
-        store._key_partition[key] = partition
+        table.data[key] = value
+        self._key_partitions[table.name][key] = partition
         await self.outbox.send(table.changelog_topic, key=key, value=value, partition=partition,
                                value_serializer="raw" if isinstance(value, bytes) else None)
 
     # -- recovery ----------------------------------------------------------------
 
+    def _recovering(self, table: str) -> Callable[[Any], Awaitable[None]]:
+        """Faust's callback for each changelog record its recovery reads: the key's partition."""
+        partitions = self._key_partitions[table]
+
+        async def read(event: Any) -> None:
+            partitions[event.key] = event.message.partition
+
+        return read
+
     async def recovered(self, owned: set[int]) -> "Recovered":
         """The tables' content after a recovery, of the partitions this worker owns now: what the
-        engine is rebuilt from. Faust has recovered policies and watches (keys of other partitions
-        are dropped here, as Faust's memory store drops them one table at a time); the book inputs
-        are read from their changelog now."""
+        engine is rebuilt from. Faust has recovered policies and watches (the keys of partitions
+        not owned, which it may still hold, are dropped here); the book inputs are read from their
+        changelog now."""
         self.partition_of.clear()
         self._snapshots.clear()
         for table in (self.policies, self.watches):
-            store = table.data
-            for key, partition in list(store._key_partition.items()):
+            store, partitions = table.data, self._key_partitions[table.name]
+            for key, partition in list(partitions.items()):
                 if partition not in owned:
                     store.pop(key, None)
-                    del store._key_partition[key]
+                    del partitions[key]
                     continue
                 self.partition_of[key] = partition
         self.inputs = await read_inputs(self.settings, owned)
