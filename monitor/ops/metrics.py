@@ -54,6 +54,8 @@ for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise 
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 BOOK_RESEEKS = Counter("monitor_book_partition_reseeks", "Book partitions sought back to the offset after the "
                        "last message read, because the broker held more and nothing was delivered for 5 s")
+BOOK_GAP_RECORDS = Counter("monitor_book_gap_records", "Book messages the framework did not deliver (its offsets "
+                           "jumped) that the worker read from the broker itself, before the message after them")
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "
                      "(start, rebalance, failover)")
 LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "

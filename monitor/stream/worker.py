@@ -30,7 +30,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, NamedTuple
 
 import faust
 from faust.types import TP
@@ -48,7 +48,7 @@ from monitor.ops.config import Settings
 from monitor.stream import checkpoint
 from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
-from monitor.stream.commits import use_safe_commits
+from monitor.stream.commits import GapReader, use_safe_commits
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import Outbox
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
@@ -122,6 +122,18 @@ async def _let_clients_run() -> None:
         await asyncio.sleep(0)
 
 
+class _Fetched(NamedTuple):
+    """A book message read by `GapReader`, shaped as the Faust message the stream would have given."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float  # seconds, as Faust's
+    tp: Any
+
+
 def _timestamp_ms(seconds: float | None) -> int | None:
     return int(seconds * 1000) if seconds else None
 
@@ -164,6 +176,7 @@ class Worker:
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
         self.outbox = Outbox()  # every record written: sent at once, delivery awaited by `settle` (outbox.py)
+        self._gaps = GapReader(settings)  # book messages the stream left out, read from the broker (commits.py)
         self.emit = Emitter(app, settings, self.outbox)
         self.tables = BookTables(app, settings, self.outbox)
         # Faust recovers policies and watches, then calls each table's callbacks: one callback, which
@@ -213,13 +226,35 @@ class Worker:
     async def _book_agent(self, stream: Any) -> None:
         """Book messages in batches: each recorded as it comes, then what the gate can release applied
         once per batch. Faust acknowledges a batch (its offsets can be committed) after this returns."""
-        async for events in stream.take_events(BOOK_BATCH, within=BOOK_BATCH_WAIT):
-            for event in events:
-                await self.on_book_message(event.message)
-            await self._drain()
-            await self.outbox.settle()  # the batch's records are on the broker before its offsets can be committed
+        try:
+            async for events in stream.take_events(BOOK_BATCH, within=BOOK_BATCH_WAIT):
+                for event in events:
+                    await self.on_book_message(event.message)
+                await self._drain()
+                await self.outbox.settle()  # the batch's records are on the broker before its offsets are committed
+        finally:
+            await self._gaps.close()
 
     async def on_book_message(self, msg: Any) -> None:
+        """One book message, after those before it on its partition: Faust's stream may have left
+        some out (commits.py), and they are read from the broker first. A message older than the
+        last one read is a re-delivery: its record (tables.py) says whether it was handled."""
+        if self.progress.recovered and not self._recovering:
+            expected = self.progress.next_book_offset(msg.tp)
+            if msg.offset > expected:
+                await self._read_gap(msg.tp, expected, msg.offset)
+        await self._on_book_record(msg)
+
+    async def _read_gap(self, tp: Any, start: int, end: int) -> None:
+        records = await self._gaps.read(tp.topic, tp.partition, start, end)
+        if records:
+            metrics.BOOK_GAP_RECORDS.inc(len(records))
+            log.warning("book messages not delivered by the stream: read from the broker",
+                        partition=f"{tp.topic}[{tp.partition}]", offsets=f"{start}..{end - 1}", read=len(records))
+        for r in records:
+            await self._on_book_record(_Fetched(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp / 1e3, tp))
+
+    async def _on_book_record(self, msg: Any) -> None:
         """Decode and check; a policy or an approval applies at once, a fill or snapshot is recorded
         (tables.py) and waits in the gate."""
         topic = self.settings.logical(msg.topic)

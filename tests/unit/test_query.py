@@ -253,3 +253,56 @@ def test_a_book_partition_behind_with_nothing_delivered_is_sought_back_to_what_w
     worker._book_events += 1  # a message came: the spell ends
     asyncio.run(worker._watch_streams())
     assert not worker._resought
+
+
+def test_book_messages_the_stream_left_out_are_read_from_the_broker_before_the_next(tmp_path):
+    """A book message that does not follow the last one read of its partition: what lies between is
+    read from the broker first (an offset it does not hold, a transaction marker, is simply not
+    there); a message at or before the next offset (a re-delivery) and one handled while a
+    rebalance is being recovered are not checked."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from monitor.ops import metrics
+    from monitor.ops.config import Settings
+    from monitor.stream.worker import Worker
+
+    settings = Settings(data_dir=str(tmp_path))
+    worker = Worker(settings)
+    fills = TP(settings.topic("fills"), 0)
+    asked: list[tuple[int, int]] = []
+    handled: list[int] = []
+
+    class Broker:  # offsets 5..8 of the partition, 7 a transaction marker
+        async def read(self, topic: str, partition: int, start: int, end: int) -> list[SimpleNamespace]:
+            asked.append((start, end))
+            return [SimpleNamespace(topic=topic, partition=partition, offset=o, key=b"B1", value=b"{}", timestamp=1e3)
+                    for o in (5, 6, 8) if start <= o < end]
+
+    async def on_book_record(msg) -> None:
+        handled.append(msg.offset)
+        worker.progress.read_book(msg.tp, msg.offset, None)
+
+    worker._gaps = Broker()
+    worker._on_book_record = on_book_record
+    worker.progress.recovered = True
+    worker.progress.owned_books({(fills.topic, fills.partition): 0})
+    worker.progress.read_book(fills, 4, None)
+    before = metrics.BOOK_GAP_RECORDS._value.get()
+
+    def message(offset: int) -> SimpleNamespace:
+        return SimpleNamespace(topic=fills.topic, partition=0, offset=offset, key=b"B1", value=b"{}", timestamp=1.0,
+                               tp=fills)
+
+    asyncio.run(worker.on_book_message(message(9)))
+    assert asked == [(5, 9)] and handled == [5, 6, 8, 9]
+    assert metrics.BOOK_GAP_RECORDS._value.get() - before == 3
+    asyncio.run(worker.on_book_message(message(10)))  # the next one
+    asyncio.run(worker.on_book_message(message(3)))  # a re-delivery
+    asyncio.run(worker.on_book_message(message(4)))
+    assert asked == [(5, 9)] and handled == [5, 6, 8, 9, 10, 3, 4]
+    worker._recovering = True
+    asyncio.run(worker.on_book_message(message(12)))  # before the books are restored: not checked
+    assert asked == [(5, 9)] and handled[-1] == 12
