@@ -24,7 +24,6 @@ reads any left out with `GapReader` before it (worker.py).
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import faust
@@ -33,6 +32,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import Message
 
 from monitor.ops.config import Settings
+from monitor.stream.tables import read_range
 
 
 class Consumer(faust_aiokafka.Consumer):
@@ -66,23 +66,16 @@ class GapReader:
         self._settings = settings
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def read(self, topic: str, partition: int, start: int, end: int, timeout_s: float = 30.0) -> list[Any]:
-        """The records of offsets `start` to `end - 1` that the broker holds; fails after `timeout_s`."""
+    async def read(self, topic: str, partition: int, start: int, end: int, quiet_s: float = 30.0) -> list[Any]:
+        """The records of offsets `start` to `end - 1` that the broker holds (`tables.read_range`)."""
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(bootstrap_servers=self._settings.bootstrap_servers, group_id=None,
                                               enable_auto_commit=False, auto_offset_reset="earliest",
                                               **self._settings.kafka_security.client_options())
             await self._consumer.start()
-        consumer, tp = self._consumer, TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
         records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while await consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{topic}[{partition}]: offsets {start}..{end - 1} not read in {timeout_s:.0f} s")
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            records += [r for r in batch.get(tp, []) if r.offset < end]
+        async for batch in read_range(self._consumer, TopicPartition(topic, partition), start, end, quiet_s):
+            records += batch
         return records
 
     async def close(self) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, NamedTuple
+from typing import Any, AsyncIterator, Awaitable, Callable, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -248,15 +248,8 @@ class BookTables:
 
 
 async def read_inputs(settings: Settings, partitions: set[int], quiet_s: float = 30.0) -> dict[str, bytes]:
-    """The `book-inputs` changelog's partitions read from their start to their end now: the last
-    record of each key, tombstones deleting.
-
-    One partition at a time: a partition is read when the consumer's position reaches its end
-    offset, or when the broker answers a fetch at the position with no records (compaction can
-    leave no record below the end offset). That answer means "nothing more" only for a fetch of one
-    partition: in a fetch of several, the broker leaves a partition empty once the answer is full
-    of the others' records. Fails if the broker answers nothing for `quiet_s` (a recovery must not
-    hang)."""
+    """The `book-inputs` changelog's partitions read from their start to their end now, one at a
+    time (`read_range`): the last record of each key, tombstones deleting."""
     if not partitions:
         return {}
     tps = [TopicPartition(inputs_topic_name(settings), p) for p in sorted(partitions)]
@@ -268,39 +261,50 @@ async def read_inputs(settings: Settings, partitions: set[int], quiet_s: float =
         end = await consumer.end_offsets(tps)
         latest: dict[str, bytes] = {}
         for tp in tps:
-            if end[tp]:
-                await _read_partition(consumer, tp, end[tp], latest, quiet_s)
+            async for records in read_range(consumer, tp, None, end[tp], quiet_s):
+                for r in records:
+                    key = orjson.loads(r.key)
+                    if r.value is None:
+                        latest.pop(key, None)
+                    else:
+                        latest[key] = r.value
         return latest
     finally:
         await consumer.stop()
 
 
-async def _read_partition(consumer: AIOKafkaConsumer, tp: TopicPartition, end: int, latest: dict[str, bytes],
-                          quiet_s: float) -> None:
-    """One partition's records below `end` into `latest` (see `read_inputs`)."""
+async def read_range(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int | None, end: int,
+                     quiet_s: float) -> AsyncIterator[list[Any]]:
+    """One partition's records from `start` (None: its beginning) to below `end`, in batches, with
+    `consumer` assigned to it alone. Done when the position reaches `end`, or when the broker
+    answers a fetch at the position with no records: compaction or transaction markers can leave
+    no record below `end`. That answer means "nothing more" only for a fetch of one partition: in a
+    fetch of several, the broker leaves a partition empty once the answer is full of the others'
+    records. Fails if the broker answers nothing for `quiet_s` (a recovery must not hang)."""
+    if end <= (start or 0):
+        return  # nothing to read: no seek (a round trip to the broker)
     consumer.assign([tp])
-    await consumer.seek_to_beginning(tp)
+    if start is None:
+        await consumer.seek_to_beginning(tp)
+    else:
+        consumer.seek(tp, start)
     moved_ms = _now_ms()  # when records were last taken
     heard = time.monotonic()
-    while True:
+    while await consumer.position(tp) < end:
         # Asked before taking: a fetch answered by then with records is taken below, so an answer
         # since the last take that leaves nothing to take was empty.
         answered = consumer.last_poll_timestamp(tp)
         records = (await consumer.getmany(tp, timeout_ms=0)).get(tp, [])
-        for r in records:
-            if r.offset < end:
-                key = orjson.loads(r.key)
-                if r.value is None:
-                    latest.pop(key, None)
-                else:
-                    latest[key] = r.value
         if records:
             moved_ms, heard = _now_ms(), time.monotonic()
-        if await consumer.position(tp) >= end or (not records and answered is not None and answered > moved_ms):
+            yield [r for r in records if r.offset < end]
+        elif answered is not None and answered > moved_ms:
             return
-        if time.monotonic() - heard > quiet_s:
-            raise TimeoutError(f"book-inputs changelog: nothing delivered for {quiet_s:.0f} s, {tp} not read through")
-        await asyncio.sleep(0.01)
+        elif time.monotonic() - heard > quiet_s:
+            raise TimeoutError(f"{tp.topic}[{tp.partition}]: nothing delivered for {quiet_s:.0f} s, "
+                               f"offsets below {end} not read through")
+        else:
+            await asyncio.sleep(0.01)
 
 
 def _now_ms() -> int:

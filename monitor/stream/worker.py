@@ -578,9 +578,10 @@ class Worker:
         """Every second. A book partition the broker holds more of than this worker has read, while
         no book message at all has come for `RESEEK_AFTER_S`, is sought back to the offset after the
         last one read: Faust skips a message fetched before a rebalance that it hands over after it
-        (its offset stays uncommitted, commits.py), and the next one may never come. Nothing delivered for `stall_exit_s`
-        even so ends the process (EXIT_STALLED), for a supervisor's restart. Every 10 s that events
-        wait in the gate and none is released, the log says what holds them."""
+        (its offset stays uncommitted, commits.py), and when no later one comes, the gap is never
+        seen. Nothing delivered for `stall_exit_s` even so ends the process (EXIT_STALLED), for a
+        supervisor's restart. Every 10 s that events wait in the gate and none is released, the log
+        says what holds them."""
         now = time.monotonic()
         consumer = self.app.consumer
         behind = [tp for tp in consumer.assignment() if self.settings.logical(tp.topic) in BOOK_TOPICS

@@ -67,9 +67,18 @@ def navs_wrong(worker: WorkerProcess | Supervised, expected: dict[str, float]) -
         got = book_navs(worker, list(expected))
     except OSError as e:  # a restarted worker not serving /metrics yet
         return f"no metrics: {e}"
-    wrong = {b: (got[b], want) for b, want in expected.items()
-             if got[b] is None or abs(got[b] - want) > 1e-9 * abs(want)}
+    wrong = wrong_navs(got, expected)
     return f"NAV (worker, recomputed): {wrong}" if wrong else None
+
+
+def wrong_navs(got: dict[str, float | None], expected: dict[str, float]) -> dict[str, tuple[float | None, float]]:
+    """The books of `expected` whose NAV in `got` is missing or not the recomputed one."""
+    return {b: (got.get(b), want) for b, want in expected.items()
+            if got.get(b) is None or abs(got[b] - want) > 1e-9 * abs(want)}
+
+
+def live_alerts(settings: Settings) -> list[dict]:
+    return [orjson.loads(v) for _, v in read_topic(settings.bootstrap_servers, settings.topic("drift-alerts"))]
 
 
 def assert_books_equal_recomputation(settings: Settings, burst: Burst) -> None:
@@ -83,7 +92,7 @@ def assert_books_equal_recomputation(settings: Settings, burst: Burst) -> None:
 
 
 def assert_alerts_equal_replay(settings: Settings, burst: Burst, ignore: tuple[str, ...] = ()) -> None:
-    live = [orjson.loads(v) for _, v in read_topic(settings.bootstrap_servers, settings.topic("drift-alerts"))]
+    live = live_alerts(settings)
     expected = replay_alerts(burst.messages, settings.tick)
     assert expected, "the burst opens no alert: the trial would not test alerts"
     problems = alerts_match_replay(live, expected, ignore)
@@ -184,9 +193,7 @@ def wait_for_split(workers: list[WorkerProcess], burst: Burst, expected: dict[st
     except AssertionError as failure:
         why = []
         for w in workers:
-            navs = book_navs(w, list(expected))
-            wrong = sorted(b for b in exported_books(w)
-                           if navs.get(b) is None or abs(navs[b] - expected[b]) > 1e-9 * abs(expected[b]))
+            wrong = sorted(wrong_navs(book_navs(w, list(expected)), {b: expected[b] for b in exported_books(w)}))
             if wrong:
                 why.append(f"{w.log_path.stem}:\n{explain_books(w.settings, w.settings.public_api_url, burst, wrong)}")
         raise AssertionError(f"{failure}\n" + "\n".join(why)) from None
@@ -225,7 +232,7 @@ def test_two_workers_split_the_books_and_a_kill_moves_them_whole(settings, tmp_p
         # their state's partitions, and that no alert is opened twice nor an event re-emitted changed.
         assert_alerts_equal_replay(settings, burst, ignore=("attribution",))
     else:
-        live = [orjson.loads(v) for _, v in read_topic(settings.bootstrap_servers, settings.topic("drift-alerts"))]
+        live = live_alerts(settings)
         assert live, "no alert event: the test would not test alerts"
         problems = alerts_consistent(live, ignore=("attribution",))
         assert not problems, f"{len(problems)} problem(s) in {len(live)} alert events:\n" + "\n".join(problems[:20])
