@@ -65,10 +65,13 @@ class Burst:
 
 def make_burst(seed: int, books: int = 4, fills_per_book: int = 300, start_us: int | None = None,
                step_us: int = 2 * MS) -> Burst:
-    """Snapshots at `start_us` (default: a minute ago, so the event times are live), then one event
-    per `step_us`: a price of A or B, or a fill of one of the books."""
+    """Snapshots at `start_us`, then one event per `step_us`: a price of A or B, or a fill of one of
+    the books. By default the last event is stamped a minute ago: the event times are live, and none
+    is later than the time the message is produced (a feed's Kafka timestamps are not earlier than
+    its event times less 10 s, which a restart's seek by time relies on; README)."""
     rng = random.Random(seed)
-    t0 = start_us if start_us is not None else (time.time_ns() // 1_000 - 60_000_000)
+    span_us = 3 * books * fills_per_book * step_us  # two prices for every fill
+    t0 = start_us if start_us is not None else (time.time_ns() // 1_000 - 60_000_000 - span_us)
     ids = [f"BK-{seed}-{i}" for i in range(books)]
     setup: list[Message] = [("instruments", "A", instrument("A")), ("instruments", "B", instrument("B"))]
     for book in ids:
