@@ -37,7 +37,7 @@ from faust.types import TP
 import numpy as np
 import structlog
 from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from monitor.engine import Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
 from monitor.engine.engine import Event, MarketState
@@ -188,6 +188,7 @@ class Worker:
         app.on_partitions_assigned.connect(self._on_assigned)
         self._assigned_at = time.monotonic()  # the last assignment's: its recovery's start
         self._recovering = False  # from a rebalance's start to its recovery: no book is judged
+        self._rebalances = 0  # rebalances begun: a recovery overtaken by the next one is abandoned
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
         # Set by each recovery (start, rebalance, failover): the market is to be rewound to a checkpoint
@@ -334,6 +335,7 @@ class Worker:
         that went on judging a book it had lost emitted transitions its new owner did not). Nor is the
         worker caught up any more: its new books' inputs are still to be read (/ready, the gauge)."""
         self._recovering = True
+        self._rebalances += 1
         self._caught_up = False
         metrics.INPUTS_CAUGHT_UP.set(0)
 
@@ -347,6 +349,7 @@ class Worker:
         watches go in as they are; every recorded fill and snapshot goes back through the gate, so
         the engine rebuilds each book as it built it live (judging it again only from its clock)."""
         began = time.monotonic()
+        rebalance = self._rebalances
         async with self._lock:
             owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
                          if self.settings.logical(tp.topic) in BOOK_TOPICS]
@@ -356,10 +359,21 @@ class Worker:
             recovered, start = await asyncio.gather(
                 self.tables.recovered({p for _, p in owned_tps}),
                 start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps, self.settings.kafka_security))
-            for (topic, partition), offset in start.items():
-                # Faust seeks only partitions with a committed offset; after a worker killed before its
-                # first commit, the others were left where nothing more was delivered.
-                await self.app.consumer.seek(TP(topic, partition), offset)
+            try:
+                for (topic, partition), offset in start.items():
+                    if self._rebalances != rebalance:
+                        break
+                    # Faust seeks only partitions with a committed offset; after a worker killed before
+                    # its first commit, the others were left where nothing more was delivered.
+                    await self.app.consumer.seek(TP(topic, partition), offset)
+            except IllegalStateError:
+                if self._rebalances == rebalance:
+                    raise
+            if self._rebalances != rebalance:
+                # The next rebalance began meanwhile: these partitions may be gone (seeking one
+                # raises), and Faust recovers the new assignment and calls this again.
+                log.info("recovery overtaken by a new rebalance: abandoned")
+                return
             self.progress.owned_books(start)
             self.engine.drop_books()
             for pid in sorted({*recovered.policies, *recovered.watches}):

@@ -306,3 +306,71 @@ def test_book_messages_the_stream_left_out_are_read_from_the_broker_before_the_n
     worker._recovering = True
     asyncio.run(worker.on_book_message(message(12)))  # before the books are restored: not checked
     assert asked == [(5, 9)] and handled[-1] == 12
+
+
+def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_path, monkeypatch):
+    """A rebalance that begins while a recovery reads the tables can take away the partitions it was
+    about to seek (aiokafka raises IllegalStateError). The recovery gives way: nothing of it is
+    applied, the worker stays recovering until Faust recovers the new assignment and calls it again.
+    The same error without a new rebalance is a real failure and is raised."""
+    import asyncio
+
+    import pytest
+    from aiokafka.errors import IllegalStateError
+    from faust.types import TP
+
+    from monitor.ops.config import Settings
+    from monitor.stream import worker as worker_module
+    from monitor.stream.tables import Recovered
+    from monitor.stream.worker import Worker
+
+    settings = Settings(data_dir=str(tmp_path))
+    worker = Worker(settings)
+    owned = [TP(settings.topic("fills"), 0), TP(settings.topic("fills"), 1)]
+
+    class Consumer:
+        def __init__(self, second_seek: str = "ok") -> None:  # or "rebalance", or "lost" (no rebalance)
+            self.second_seek, self.sought = second_seek, []
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            if self.sought and self.second_seek == "rebalance":
+                await worker._on_revoked(None, set())
+            if self.sought and self.second_seek != "ok":
+                raise IllegalStateError(f"No current assignment for partition {tp}")
+            self.sought.append(tp)
+
+    async def start_offsets(*_: object) -> dict[tuple[str, int], int]:
+        return {(tp.topic, tp.partition): 0 for tp in owned}
+
+    async def no_checkpoints(_: Settings) -> list:
+        return []
+
+    revoke_while_reading = [False]
+
+    async def recovered(_: set[int]) -> Recovered:
+        if revoke_while_reading[0]:
+            await worker._on_revoked(None, set())
+        return Recovered({}, {}, [])
+
+    monkeypatch.setattr(type(worker.app.assignor), "assigned_actives", lambda _: set(owned))
+    monkeypatch.setattr(worker_module, "start_offsets", start_offsets)
+    monkeypatch.setattr(worker_module.checkpoint, "read_all", no_checkpoints)
+    monkeypatch.setattr(worker.tables, "recovered", recovered)
+
+    async def restore(consumer: Consumer) -> None:
+        monkeypatch.setattr(type(worker.app), "consumer", property(lambda _: consumer))
+        await worker._on_revoked(None, set())
+        await worker._restore()
+
+    asyncio.run(restore(Consumer("rebalance")))  # the next rebalance begins between two seeks
+    assert worker._recovering and not worker.progress.recovered and not worker._rewind.is_set()
+    revoke_while_reading[0] = True
+    consumer = Consumer()
+    asyncio.run(restore(consumer))  # it began while the tables were read: no partition is sought
+    assert consumer.sought == [] and worker._recovering and not worker.progress.recovered
+    revoke_while_reading[0] = False
+    with pytest.raises(IllegalStateError):
+        asyncio.run(restore(Consumer("lost")))
+    consumer = Consumer()
+    asyncio.run(restore(consumer))  # no rebalance meanwhile: recovered
+    assert consumer.sought == owned and not worker._recovering and worker.progress.recovered
