@@ -115,6 +115,10 @@ def pipeline() -> list:
               description="Growing age while events stay held is a stall."),
         graph("Waiting for reference data", "short", query("sum(monitor_held_fills)", "held fills"),
               query("sum(rate(monitor_unreferenced_prices_total[$__rate_interval]))", "unreferenced prices/s")),
+        graph("Inputs applied late", "short",
+              query("sum by (topic) (increase(monitor_late_inputs_total[5m]))", "late {{topic}} (5m)"),
+              description="Applied after an input stamped in a later window: it reached the broker late (after a "
+                          "producer's outage) or was re-sent. Live alerts may differ from monitor replay's there."),
     ]
 
 

@@ -169,6 +169,11 @@ class Engine:
         # Prices of an instrument without reference data: kept (a book is valued with it once the
         # instrument arrives) and counted, not refused.
         self.unreferenced_prices = 0
+        # Inputs applied after one stamped in a later window (a fill that reached the broker after
+        # later prices, a re-sent duplicate): judged in a later window than a replay of the log
+        # judges them, so live and replay may differ for them; counted so that it can be seen.
+        self.late_inputs: dict[str, int] = {"price": 0, "fill": 0, "snapshot": 0}
+        self._newest: Micros = 0  # the newest event time applied since the market was last set
         self._next_sweep: Micros = 0
         self.status: dict[str, BookStatus] = {}
         # Positions and cash of books before the fills of the open window, to split drift into
@@ -202,6 +207,10 @@ class Engine:
         latest, clock, touch, set_price = self.prices, self.clock, self._touch, self.exposures.set_price
         instruments = self.instruments
         for iid, price, ts in prices:
+            if ts >= self._newest:
+                self._newest = ts
+            else:
+                self._late(ts, "price")
             if self._window_end is None or ts >= self._window_end:  # else _advance has nothing to do
                 out += self._advance(ts)
             if iid not in instruments:
@@ -221,6 +230,8 @@ class Engine:
     def on_fill(self, fill: Fill) -> list[Event]:
         if not self.known_book(fill.portfolio_id):
             raise Rejected("unknown_book", f"fill {fill.fill_id} names unknown book {fill.portfolio_id}")
+        if fill.ts > self._warming.get(fill.portfolio_id, -1):  # not one re-applied to a restored book
+            self._arrived(fill.ts, "fill")
         out = self._advance(fill.ts)
         book = self.books.get(fill.portfolio_id) or self.books.setdefault(fill.portfolio_id, Book(fill.portfolio_id))
         self._changed.add(fill.portfolio_id)
@@ -243,6 +254,7 @@ class Engine:
         if known is not None and known.as_of is not None and snapshot.as_of < known.as_of:
             raise Rejected("impossible_value", f"snapshot as_of is older than the one in force for "
                                                f"{snapshot.portfolio_id}")
+        self._arrived(snapshot.as_of, "snapshot")
         out = self._advance(snapshot.as_of)  # the window before it is judged without it
         self._changed.add(snapshot.portfolio_id)
         book = self.books.setdefault(snapshot.portfolio_id, Book(snapshot.portfolio_id))
@@ -310,6 +322,7 @@ class Engine:
         self._before_fills.clear()
         self._changed.clear()
         self.exposures.clear()
+        self._newest = 0  # the restored books' inputs are re-applied from their start
 
     def restore(self, book: Book | None, policy: Policy | None, watch: Watch | None, pid: str) -> None:
         """A book's state recovered from the changelog after a restart or a rebalance."""
@@ -339,6 +352,7 @@ class Engine:
         self.exposures.forget_prices()
         self.market_clock = 0
         self._window_end = None  # the market starts again at the state's time: so do the windows
+        self._newest = 0  # the inputs re-read from here on are in order again
         self._dirty.clear()
         for iid, (price, ts) in state.prices.items():
             self.prices[iid] = (price, ts)
@@ -388,6 +402,18 @@ class Engine:
         for pid, clock in self._warming.items():
             self._dirty[pid] = max(self._dirty.get(pid, 0), clock)
         self._warming.clear()
+
+    def _arrived(self, ts: Micros, kind: str) -> None:
+        if ts >= self._newest:
+            self._newest = ts
+        else:
+            self._late(ts, kind)
+
+    def _late(self, ts: Micros, kind: str) -> None:
+        """An input older than the newest applied: late if it belongs to an earlier window (inputs of
+        one window commute, `flush`)."""
+        if self.tick <= 0 or ts // self.tick < self._newest // self.tick:
+            self.late_inputs[kind] += 1
 
     def _advance(self, ts: Micros) -> list[Event]:
         """Before applying an event at `ts`: close the open window if `ts` lies beyond it."""

@@ -40,6 +40,9 @@ GATE_HELD = Gauge("monitor_gate_held_events",
                   "Prices and book events read but waiting for the other stream to reach their event time")
 UNREFERENCED_PRICES = Counter("monitor_unreferenced_prices",
                               "Prices of instruments without reference data (kept, used once it arrives)")
+LATE_INPUTS = Counter("monitor_late_inputs",
+                      "Prices, fills and snapshots applied after an input stamped in a later window (arrived "
+                      "late, or re-sent): judged in a later window than a replay of the log judges them", ["topic"])
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
 GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "

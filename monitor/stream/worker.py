@@ -134,6 +134,9 @@ class _Fetched(NamedTuple):
     tp: Any
 
 
+LATE_INPUT_TOPICS = {"price": "prices", "fill": "fills", "snapshot": "positions"}  # engine.late_inputs' kinds
+
+
 def _timestamp_ms(seconds: float | None) -> int | None:
     return int(seconds * 1000) if seconds else None
 
@@ -205,6 +208,7 @@ class Worker:
         self._checkpoints_written = 0
         self._exported: set[str] = set()  # books whose gauges this worker exports
         self._published_unreferenced = 0  # engine.unreferenced_prices as last added to its counter
+        self._published_late: dict[str, int] = {}  # engine.late_inputs as last added to the counter
 
         self.gate: Gate[Price | StagedBookEvent] = Gate()
         self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
@@ -667,6 +671,7 @@ class Worker:
         metrics.HELD_FILLS.set(self.engine.held_fills())
         metrics.UNREFERENCED_PRICES.inc(self.engine.unreferenced_prices - self._published_unreferenced)
         self._published_unreferenced = self.engine.unreferenced_prices
+        self._publish_late_inputs()
         await self._watch_streams()
         oldest = self.gate.oldest()
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
@@ -675,6 +680,17 @@ class Worker:
                 await self._save_watch(pid)
                 await asyncio.sleep(0)
         await self.outbox.settle()
+
+    def _publish_late_inputs(self) -> None:
+        """The engine's late inputs since the last second, counted and logged once: where they are,
+        the live alerts may differ from `monitor replay`'s (README, Replay = live)."""
+        late = {kind: n - self._published_late.get(kind, 0) for kind, n in self.engine.late_inputs.items()}
+        self._published_late = dict(self.engine.late_inputs)
+        late = {LATE_INPUT_TOPICS[kind]: n for kind, n in late.items() if n > 0}
+        for topic, n in late.items():
+            metrics.LATE_INPUTS.labels(topic).inc(n)
+        if late:
+            log.warning("inputs applied after later ones: judged in a later window than a replay would", **late)
 
 
 def _resume_times(recovered: Any) -> dict[str, Micros]:

@@ -268,7 +268,10 @@ def _feed_through_outages(settings: Settings, flow: list, chunk: int = 200) -> t
 def test_a_broker_stopped_or_paused_under_load_costs_latency_not_data(tmp_path, fault):
     """Its own broker, stopped (SIGTERM, restarted on the same port and data dir after OUTAGE_S) or
     paused (SIGSTOP for OUTAGE_S, then SIGCONT) while fills and prices flow: afterwards every book
-    equals the recomputation and the alerts equal the replay; the worker never exits."""
+    equals the recomputation; the worker never exits. The alerts equal the replay unless the worker
+    counted inputs applied late: the feed re-sends a refused chunk, and a chunk half written when
+    the broker went away has its fills reach the worker after later prices (README, Replay = live).
+    Then they are still consistent: no alert opened twice, a re-emitted event unchanged."""
     from monitor.ops.broker import LocalKafka
 
     with LocalKafka() as kafka:
@@ -296,5 +299,12 @@ def test_a_broker_stopped_or_paused_under_load_costs_latency_not_data(tmp_path, 
             errors = worker.log().count("[error")
             counted = worker.metrics().get(("monitor_client_log_errors_total", (("library", "aiokafka"),)), 0.0)
             assert errors < 100 and (fault == "paused" or counted > errors), (errors, counted)
+            late = sum(v for (name, _), v in worker.metrics().items() if name == "monitor_late_inputs_total")
         assert_books_equal_recomputation(settings, burst)
-        assert_alerts_equal_replay(settings, burst)
+        if not late:
+            assert_alerts_equal_replay(settings, burst)
+        else:
+            live = live_alerts(settings)
+            problems = alerts_consistent(live)
+            assert not problems, f"{len(problems)} problem(s) in {len(live)} alert events:\n" + "\n".join(problems[:20])
+            print(f"{late:.0f} inputs applied late: the alerts are checked for consistency, not against the replay")
