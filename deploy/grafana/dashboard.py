@@ -117,8 +117,10 @@ def pipeline() -> list:
               query("sum(rate(monitor_unreferenced_prices_total[$__rate_interval]))", "unreferenced prices/s")),
         graph("Inputs applied late", "short",
               query("sum by (topic) (increase(monitor_late_inputs_total[5m]))", "late {{topic}} (5m)"),
+              query("sum(increase(monitor_unconfirmed_partition_ends_total[5m]))", "ends not confirmed (5m)"),
               description="Applied after an input stamped in a later window: it reached the broker late (after a "
-                          "producer's outage) or was re-sent. Live alerts may differ from monitor replay's there."),
+                          "producer's outage) or was re-sent. Live alerts may differ from monitor replay's there. "
+                          "Ends not confirmed: the broker did not say in time where the partitions end (an outage)."),
     ]
 
 

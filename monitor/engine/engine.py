@@ -397,11 +397,14 @@ class Engine:
             return []
         return self.flush()
 
-    def end_warmup(self) -> None:
-        """The inputs have been re-read to their end: restored books are judged again from now."""
-        for pid, clock in self._warming.items():
-            self._dirty[pid] = max(self._dirty.get(pid, 0), clock)
-        self._warming.clear()
+    def end_warmup(self, before: Micros | None = None) -> None:
+        """The inputs have been re-read to their end: restored books are judged again from now. With
+        `before` (the oldest event still waiting to be applied), only the books restored at an
+        earlier clock: judging a book at its clock before every input up to it is applied would
+        emit its last events again, on other inputs."""
+        ended = [pid for pid, clock in self._warming.items() if before is None or clock < before]
+        for pid in ended:
+            self._dirty[pid] = max(self._dirty.get(pid, 0), self._warming.pop(pid))
 
     def _arrived(self, ts: Micros, kind: str) -> None:
         if ts >= self._newest:

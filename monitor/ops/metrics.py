@@ -43,17 +43,23 @@ UNREFERENCED_PRICES = Counter("monitor_unreferenced_prices",
 LATE_INPUTS = Counter("monitor_late_inputs",
                       "Prices, fills and snapshots applied after an input stamped in a later window (arrived "
                       "late, or re-sent): judged in a later window than a replay of the log judges them", ["topic"])
+UNCONFIRMED_ENDS = Counter("monitor_unconfirmed_partition_ends",
+                           "Times the broker did not say in time where the input partitions end: the gate released "
+                           "on the consumers' last fetch answers (late inputs possible)")
 HELD_FILLS = Gauge("monitor_held_fills", "Fills held until their instrument's reference data arrives")
 GATE_OLDEST_AGE = Gauge("monitor_gate_oldest_held_age_seconds",
                         "Wall time minus the event ts of the oldest event waiting in the gate (0 when empty); "
                         "growing while monitor_gate_held_events stays up is a stall")
 INPUTS_CAUGHT_UP = Gauge("monitor_inputs_caught_up",
-                         "1 once both streams have been read to their end and the gate is empty; 0 again from each "
+                         "1 once both streams have been read to their end (the gate holding only what waits for the broker to "
+                         "confirm the ends); 0 again from each "
                          "rebalance until the books it brings are read to their end")
 CLIENT_LOG_ERRORS = Counter("monitor_client_log_errors", "Warnings and errors logged by the Kafka client libraries "
                             "(logged at most once per 10 s per message; a broker outage shows here)", ["library"])
 for _library in LIBRARIES:  # at 0 from the start, so a first warning is a rise rate() sees, not a new series
     CLIENT_LOG_ERRORS.labels(_library)
+for _topic in ("prices", "fills", "positions"):  # the same for late inputs (`Worker._publish_late_inputs`)
+    LATE_INPUTS.labels(_topic)
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 BOOK_RESEEKS = Counter("monitor_book_partition_reseeks", "Book partitions sought back to the offset after the "
                        "last message read, because the broker held more and nothing was delivered for 5 s")

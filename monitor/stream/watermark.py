@@ -6,7 +6,8 @@ each other, nor across partitions. The engine evaluates per window of event time
 it needs every event of a window before the window closes. The gate holds what both
 consumers have read and releases it in event-time order, below a watermark: the least,
 over every input partition, of the newest event time read from it. A partition read
-to its end holds nothing back (`AHEAD`).
+to its end holds nothing back (`AHEAD`), once the broker has said so after the events
+waiting were read (`Tail`).
 
 Per partition, events must come in event-time order (each producer writes its own
 keys in order); that is the one assumption.
@@ -136,6 +137,42 @@ def laggards(newest: Mapping[int, Micros], unread: Iterable[int], other_mark: Mi
     return {p for p in unread if newest.get(p, 0) == least}
 
 
+class Tail:
+    """What was held since the broker last confirmed where every input partition ends.
+
+    "Read to its end" comes from each consumer's last fetch answer, which can be older than what
+    the other consumer has just read: a fill produced together with a price may not have reached the
+    book consumer when the price is read, and releasing the price then judges the fill in a later
+    window than a replay of the log does. So when both streams look read to their end, the events
+    held since the broker last answered (one ListOffsets request, `Worker._confirm_ends`) wait for
+    its next answer: `mark` is the least event time among them. Pure: the worker asks the broker."""
+
+    def __init__(self) -> None:
+        self._unconfirmed: Micros | None = None  # least ts held since the last confirmation began
+        self._confirming: Micros | None = None  # least ts held before the confirmation under way
+
+    def held(self, ts: Micros) -> None:
+        if self._unconfirmed is None or ts < self._unconfirmed:
+            self._unconfirmed = ts
+
+    @property
+    def pending(self) -> bool:
+        """Events wait for a confirmation, and none is under way."""
+        return self._unconfirmed is not None and self._confirming is None
+
+    def begin(self) -> None:
+        """A confirmation is asked: it covers what was held until now."""
+        self._confirming, self._unconfirmed = self._unconfirmed, None
+
+    def end(self) -> None:
+        """The broker answered (or could not be asked: the consumers' view stands, as it did before)."""
+        self._confirming = None
+
+    def mark(self) -> Micros:
+        """Below it, every held event was read before the broker last confirmed the ends."""
+        return min([AHEAD, *(ts for ts in (self._unconfirmed, self._confirming) if ts is not None)])
+
+
 class MarketMark(NamedTuple):
     mark: Micros  # below it, every price has been read (AHEAD: all read to the end)
     progress: Micros  # the least newest price ts read over all price partitions
@@ -173,6 +210,7 @@ class Progress:
         self.price_read: dict[int, Micros] = {}  # price partition -> newest price ts read
         self.market = MarketMark(0, 0, set())
         self.book_start: dict[tuple[str, int], int] = {}  # book partition -> offset its reading started at
+        self.ends: dict[tuple[str, int], int] = {}  # partition -> end offset as the broker last confirmed it
         self.recovered = False  # the book tables are recovered: the book stream can be judged
 
     def read_book(self, tp: Any, offset: int, ts: Micros | None) -> None:
@@ -197,6 +235,7 @@ class Progress:
         highwater = consumer.highwater(tp)
         if highwater is None:
             return False
+        highwater = max(highwater, self.ends.get((tp.topic, tp.partition), 0))
         if highwater == 0:
             return True
         read = self.book_read.get(tp)
@@ -226,7 +265,8 @@ class Progress:
         reference_read = True
         for tp in consumer.assignment():
             highwater = consumer.highwater(tp)
-            read_to_end = highwater is not None and await consumer.position(tp) >= highwater
+            read_to_end = highwater is not None and \
+                await consumer.position(tp) >= max(highwater, self.ends.get((tp.topic, tp.partition), 0))
             if tp.topic == self._prices_topic:
                 prices[tp.partition] = (self.price_read.get(tp.partition, 0), read_to_end)
             else:

@@ -36,7 +36,7 @@ import faust
 from faust.types import TP
 import numpy as np
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 
 from monitor.engine import Engine, Fill, Instrument, Policy, Price, Rejected, Snapshot
@@ -52,7 +52,7 @@ from monitor.stream.commits import GapReader, use_safe_commits
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import Outbox
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
-from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, start_offsets
+from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, Tail, start_offsets
 
 log = structlog.get_logger("monitor.worker")
 
@@ -69,6 +69,10 @@ BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
 RESEEK_AFTER_S = 5.0  # book partitions behind and nothing delivered this long: sought back (`_watch_streams`)
+# The broker is asked where the partitions end at most this often (`Tail`): what was read in between
+# waits up to this long more; a question not answered in CONFIRM_TIMEOUT_S (an outage) is given up.
+CONFIRM_EVERY_S = 0.005
+CONFIRM_TIMEOUT_S = 2.0
 _PRICE_LAG = metrics.EVENT_LAG.labels("prices")
 
 
@@ -211,6 +215,10 @@ class Worker:
         self._published_late: dict[str, int] = {}  # engine.late_inputs as last added to the counter
 
         self.gate: Gate[Price | StagedBookEvent] = Gate()
+        self.tail = Tail()  # what waits for the broker to confirm the partitions' ends (`_confirm_ends`)
+        self._confirmed_at = 0.0  # when the last confirmation was asked (monotonic)
+        self._confirmation: asyncio.Future[None] | None = None
+        self._market_consumer: AIOKafkaConsumer | None = None
         self.progress = Progress({settings.topic(t) for t in BOOK_TOPICS}, settings.topic("prices"))
         self._lock = asyncio.Lock()
         self._released = self._released_seen = 0  # events the gate has released (for `_watch_streams`)
@@ -304,6 +312,7 @@ class Worker:
             metrics.DUPLICATES.labels(origin.topic).inc()
             return None  # recorded already: a re-delivery
         self.gate.hold(staged.ts, staged)
+        self.tail.held(staged.ts)
         if isinstance(event, Fill):
             metrics.EVENT_LAG.labels(origin.topic).observe(max(0.0, (now_us() - staged.ts) / 1e6))
         return staged.ts
@@ -408,7 +417,11 @@ class Worker:
         async with self._lock:
             book_mark = self.progress.book_mark(self.app.consumer)
             market = self.progress.market
-            watermark = min(market.mark, book_mark)
+            streams = min(market.mark, book_mark)
+            tail = self.tail.mark()
+            if tail < streams:
+                self._ask_ends()
+            watermark = min(streams, tail)
             if self.progress.price_read:
                 settled = min(watermark, *self.progress.price_read.values())
                 if settled >= self._settled:  # every price held by now and stamped before it is released below
@@ -429,10 +442,11 @@ class Worker:
                 await self._publish(self._apply_prices(prices))
                 prices = []
                 await self._publish(await self._apply_staged(item))
-            alerts = self._apply_prices(prices, until=min(market.progress, book_mark))
-            if watermark == AHEAD and not len(self.gate):  # both streams read to the end
-                self.engine.end_warmup()
-                alerts += self.engine.flush()
+            alerts = self._apply_prices(prices, until=min(market.progress, book_mark, tail))
+            if streams == AHEAD:  # both streams read to their end: what the gate holds waits for the broker
+                self.engine.end_warmup(before=self.gate.oldest())
+                if not len(self.gate):
+                    alerts += self.engine.flush()
                 if not self._caught_up:
                     self._caught_up = True
                     metrics.INPUTS_CAUGHT_UP.set(1)
@@ -441,6 +455,33 @@ class Worker:
             await self._publish(alerts)
             metrics.GATE_HELD.set(len(self.gate))
         await self.outbox.settle()
+
+    def _ask_ends(self) -> None:
+        """Ask the broker where every input partition ends (`Tail`), unless a question is under way
+        or was asked less than CONFIRM_EVERY_S ago (the market loop drains again within 20 ms)."""
+        now = time.monotonic()
+        if not self.tail.pending or self._market_consumer is None or now - self._confirmed_at < CONFIRM_EVERY_S:
+            return
+        self._confirmed_at = now
+        self._confirmation = asyncio.ensure_future(_loud("partition-ends", self._confirm_ends)(self._market_consumer))
+
+    async def _confirm_ends(self, market: AIOKafkaConsumer) -> None:
+        """One ListOffsets request for this worker's book partitions and every market partition;
+        then the market's mark again, and a drain. Unanswered within CONFIRM_TIMEOUT_S (a broker
+        outage), the consumers' own view stands: the held events are not kept waiting for it."""
+        self.tail.begin()
+        books = [TopicPartition(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                 if self.settings.logical(tp.topic) in BOOK_TOPICS]
+        try:
+            ends = await asyncio.wait_for(market.end_offsets(books + list(market.assignment())), CONFIRM_TIMEOUT_S)
+            self.progress.ends.update({(tp.topic, tp.partition): offset for tp, offset in ends.items()})
+            await self.progress.read_market(market)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            metrics.UNCONFIRMED_ENDS.inc()
+            log.warning("partition ends not confirmed: released on the consumers' view", error=repr(exc))
+        finally:
+            self.tail.end()
+        await self._drain()
 
     # -- market data -------------------------------------------------------------------
 
@@ -457,6 +498,7 @@ class Worker:
         try:
             tps = await checkpoint.partitions(self.settings, topics)
             consumer.assign(tps)
+            self._market_consumer = consumer
             await self._rewind.wait()  # the books' first recovery says from when each is judged
             while True:
                 if self._rewind.is_set():
@@ -558,6 +600,7 @@ class Worker:
         if not prices:
             return
         self.gate.hold_run(times, prices)
+        self.tail.held(min(times))
         self.progress.read_prices(partition, max(times))
         lags = (now - np.array(times, dtype=float)) / 1e6
         metrics.observe_many(_PRICE_LAG, np.maximum(lags, 0.0))

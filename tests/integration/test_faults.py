@@ -243,6 +243,10 @@ def test_two_workers_split_the_books_and_a_kill_moves_them_whole(settings, tmp_p
         assert not misplaced, f"{table}: records on another partition than their book's input: {misplaced}"
 
 
+def late_inputs(worker: WorkerProcess) -> float:
+    return sum(v for (name, _), v in worker.metrics().items() if name == "monitor_late_inputs_total")
+
+
 OUTAGE_S = float(os.environ.get("MONITOR_FAULT_OUTAGE_S", "10"))
 
 
@@ -286,6 +290,8 @@ def test_a_broker_stopped_or_paused_under_load_costs_latency_not_data(tmp_path, 
             feeder = _feed_through_outages(settings, burst.flow)
             wait_for(lambda: None if any(book_navs(worker, burst.books).values()) else "no book valued yet", 60)
             time.sleep(1.0)  # the flow is going through the worker
+            # Up to now a steady feed: the gate waits for the broker to confirm the ends (README, The live tail).
+            assert late_inputs(worker) == 0, "inputs applied late before any fault"
             if fault == "stopped":
                 kafka.restart(down_for=OUTAGE_S)
             else:
@@ -299,7 +305,7 @@ def test_a_broker_stopped_or_paused_under_load_costs_latency_not_data(tmp_path, 
             errors = worker.log().count("[error")
             counted = worker.metrics().get(("monitor_client_log_errors_total", (("library", "aiokafka"),)), 0.0)
             assert errors < 100 and (fault == "paused" or counted > errors), (errors, counted)
-            late = sum(v for (name, _), v in worker.metrics().items() if name == "monitor_late_inputs_total")
+            late = late_inputs(worker)
         assert_books_equal_recomputation(settings, burst)
         if not late:
             assert_alerts_equal_replay(settings, burst)

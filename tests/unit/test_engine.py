@@ -305,6 +305,27 @@ def test_a_restored_book_is_not_judged_on_prices_older_than_its_state(tick):
     assert (resolved.state, resolved.alert_id) == ("RESOLVED", opened.alert_id)
 
 
+def test_a_restored_book_is_judged_again_only_once_every_input_up_to_its_clock_is_applied(tick):
+    """The worker ends a restart's warm-up while the newest inputs still wait in its gate (for the
+    broker to confirm the partition ends): a book whose clock is not before the oldest of them is
+    still warming, or it would be judged at its clock on older prices (a RESOLVED that never was)."""
+    live = two_asset_engine(tick)
+    [opened] = done(live, live.on_prices([Price("A", 12.5, T0 + 2 * SEC)]))
+    restarted = Engine(tick)
+    restarted.on_instrument(inst("A"))
+    restarted.on_instrument(inst("B"))
+    restarted.restore(Book.from_dict(live.books["B1"].to_dict()), live.policies["B1"],
+                      type(live.watches["B1"]).from_dict(live.watches["B1"].to_dict()), "B1")
+    assert done(restarted, restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)])) == []
+    restarted.end_warmup(before=T0 + 2 * SEC)  # A at 12.5 still waits
+    assert restarted.flush() == []
+    assert done(restarted, restarted.on_prices([Price("A", 12.5, T0 + 2 * SEC)])) == []
+    restarted.end_warmup(before=None)
+    assert restarted.flush() == []
+    [resolved] = done(restarted, restarted.on_prices([Price("A", 10.0, T0 + 3 * SEC)]))
+    assert (resolved.state, resolved.alert_id) == ("RESOLVED", opened.alert_id)
+
+
 def test_an_open_alert_on_a_limit_the_new_policy_drops_is_resolved_saying_so(tick):
     e = two_asset_engine(tick)
     [opened] = done(e, e.on_prices([Price("A", 12.5, T0 + SEC)]))

@@ -71,3 +71,58 @@ def test_releases_what_a_sort_by_event_time_then_arrival_releases(steps):
         assert len(gate) == len(held)
         assert gate.oldest() == (min(h[0] for h in held) if held else None)
     assert gate.release(AHEAD) == [n for _, _, n in sorted(held)]
+
+
+def test_the_tail_holds_what_was_read_since_the_broker_last_confirmed_the_ends():
+    """Events held after a confirmation began wait for the next one; those held before it are
+    free once it is answered; with nothing unconfirmed the tail holds nothing back."""
+    from monitor.stream.watermark import Tail
+
+    tail = Tail()
+    assert tail.mark() == AHEAD and not tail.pending
+    tail.held(50)
+    tail.held(30)
+    assert tail.mark() == 30 and tail.pending
+    tail.begin()  # the question covers 30 and 50
+    assert tail.mark() == 30 and not tail.pending  # one under way: no second one
+    tail.held(70)
+    assert tail.mark() == 30
+    tail.end()
+    assert tail.mark() == 70 and tail.pending
+    tail.begin()
+    tail.end()
+    assert tail.mark() == AHEAD and not tail.pending
+
+
+def test_a_partition_is_read_to_its_end_only_up_to_the_end_the_broker_last_confirmed():
+    """The consumer's highwater comes from its last fetch answer; a fresher end from the broker
+    (the tail's confirmation) makes a partition that looked read to its end unread again."""
+    import asyncio
+
+    from monitor.stream.watermark import Progress, TopicPartition
+
+    fills, prices = TopicPartition("fills", 0), TopicPartition("prices", 0)
+
+    class Consumer:
+        def __init__(self, tp: TopicPartition) -> None:
+            self.tp = tp
+
+        def assignment(self) -> set[TopicPartition]:
+            return {self.tp}
+
+        def highwater(self, tp: TopicPartition) -> int:
+            return 10
+
+        async def position(self, tp: TopicPartition) -> int:
+            return 10
+
+    progress = Progress({"fills"}, "prices")
+    progress.recovered = True
+    progress.owned_books({("fills", 0): 0})
+    progress.read_book(fills, 9, 1_000)
+    progress.read_prices(0, 2_000)
+    asyncio.run(progress.read_market(Consumer(prices)))
+    assert progress.book_mark(Consumer(fills)) == AHEAD and progress.market.mark == AHEAD
+    progress.ends.update({("fills", 0): 12, ("prices", 0): 11})
+    asyncio.run(progress.read_market(Consumer(prices)))
+    assert progress.book_mark(Consumer(fills)) == 1_000 and progress.market.mark == 2_000
