@@ -287,15 +287,21 @@ def test_incremental_book_equals_recomputation_whatever_the_redeliveries(raw_fil
     assert book.cash.get("USD", 0.0) == pytest.approx(expected_cash, rel=1e-9, abs=1e-6)
 
 
-def test_a_restored_book_is_not_judged_on_prices_older_than_its_state(tick):
-    """After a restart the prices are re-read from the topic: history must not re-open or resolve."""
-    live = two_asset_engine(tick)
-    [opened] = done(live, live.on_prices([Price("A", 12.5, T0 + 2 * SEC)]))
+def restarted_from(live: Engine, tick: int) -> Engine:
+    """A new engine with the reference data and B1 restored from `live`'s changelog forms."""
     restarted = Engine(tick)
     restarted.on_instrument(inst("A"))
     restarted.on_instrument(inst("B"))
     restarted.restore(Book.from_dict(live.books["B1"].to_dict()), live.policies["B1"],
                       type(live.watches["B1"]).from_dict(live.watches["B1"].to_dict()), "B1")
+    return restarted
+
+
+def test_a_restored_book_is_not_judged_on_prices_older_than_its_state(tick):
+    """After a restart the prices are re-read from the topic: history must not re-open or resolve."""
+    live = two_asset_engine(tick)
+    [opened] = done(live, live.on_prices([Price("A", 12.5, T0 + 2 * SEC)]))
+    restarted = restarted_from(live, tick)
     # The price history again, from the start: inside the band at T0, then the move.
     assert done(restarted, restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)])) == []
     assert done(restarted, restarted.on_prices([Price("A", 12.5, T0 + 2 * SEC)])) == []
@@ -311,11 +317,7 @@ def test_a_restored_book_is_judged_again_only_once_every_input_up_to_its_clock_i
     still warming, or it would be judged at its clock on older prices (a RESOLVED that never was)."""
     live = two_asset_engine(tick)
     [opened] = done(live, live.on_prices([Price("A", 12.5, T0 + 2 * SEC)]))
-    restarted = Engine(tick)
-    restarted.on_instrument(inst("A"))
-    restarted.on_instrument(inst("B"))
-    restarted.restore(Book.from_dict(live.books["B1"].to_dict()), live.policies["B1"],
-                      type(live.watches["B1"]).from_dict(live.watches["B1"].to_dict()), "B1")
+    restarted = restarted_from(live, tick)
     assert done(restarted, restarted.on_prices([Price("A", 10.0, T0), Price("B", 10.0, T0)])) == []
     restarted.end_warmup(before=T0 + 2 * SEC)  # A at 12.5 still waits
     assert restarted.flush() == []
