@@ -135,6 +135,56 @@ def engine_fill_cost(day: Day, tick_us: int) -> tuple[float, float, float, float
     return sum(times[:window]) / window * 1e6, sum(times[-window:]) / window * 1e6, float(n), reapplied
 
 
+def engine_window_cost(day: Day, tick_us: int, price_rate: float, fill_rate: float,
+                       windows: int = 300) -> tuple[float, int, int]:
+    """(ms an event-time window costs, prices and fills in each) for every book of the day at
+    once: each window's share of `price_rate` prices of random instruments and `fill_rate` fills
+    of random books, applied as the gate releases them, then the window closed (every book is
+    touched: each holds every instrument). The engine's share of a live worker's CPU at those rates
+    is this over the window's length."""
+    engine = Engine(tick_us)
+    rng = random.Random(day.seed)
+    ids, books = day.instrument_ids, day.book_ids
+    for iid in ids:
+        engine.on_instrument(Instrument.from_message(day.instrument(iid)))
+    t0 = 1_800_000_000 * SEC
+    engine.on_prices([Price(iid, 100.0, t0) for iid in ids])
+    for book in books:
+        engine.on_policy(parse_policy(day.policy(book), "bench"))
+        engine.on_snapshot(Snapshot(book, t0, {"USD": 0.0}, {iid: 1000.0 for iid in ids}))
+    engine.flush()
+    n_prices, n_fills = max(1, round(price_rate * tick_us / SEC)), round(fill_rate * tick_us / SEC)
+    k, spent = 0, 0.0
+    for w in range(windows):
+        start = t0 + (w + 1) * tick_us
+        kinds = [Price] * n_prices + [Fill] * n_fills
+        rng.shuffle(kinds)
+        step = tick_us // (len(kinds) + 1)
+        events: list[Price | Fill] = []
+        for i, kind in enumerate(kinds):
+            ts = start + (i + 1) * step
+            if kind is Price:
+                events.append(Price(ids[rng.randrange(len(ids))], 100.0 + rng.uniform(-1, 1), ts))
+            else:
+                k += 1
+                events.append(Fill(f"F{k}", books[rng.randrange(len(books))], ids[rng.randrange(len(ids))],
+                                   rng.choice(("BUY", "SELL")), float(rng.randint(1, 50)), 100.0, ts))
+        began = time.perf_counter()
+        prices: list[Price] = []
+        for event in events:
+            if isinstance(event, Price):
+                prices.append(event)
+                continue
+            engine.on_prices(prices)
+            prices = []
+            engine.on_fill(event)
+            engine.changes()
+        engine.on_prices(prices)
+        engine.close_window(start + tick_us)
+        spent += time.perf_counter() - began
+    return spent / windows * 1e3, n_prices, n_fills
+
+
 # -- part 2: the worker on a broker ---------------------------------------------------------------
 
 
@@ -373,8 +423,13 @@ def bench_fills_command(books: int, positions: int, fills: int, big_book_fills: 
 
     day = Day(books, positions, fills, min(big_book_fills, fills))
     first, last, n, reapplied = engine_fill_cost(day, Settings.from_env().tick)
+    tick = Settings.from_env().tick
+    window_ms, window_prices, window_fills = engine_window_cost(day, tick, price_rate, fill_rate)
     lines = [f"Engine alone: one book of {positions:,} holdings, {n:,.0f} fills: {first:.1f} us a fill over the "
-             f"first 1,000, {last:.1f} us over the last 1,000; re-applied at a restart, {reapplied:.1f} us a fill.", ""]
+             f"first 1,000, {last:.1f} us over the last 1,000; re-applied at a restart, {reapplied:.1f} us a fill. "
+             f"All {books} books, {tick / 1e3:g} ms windows of {window_prices} prices and {window_fills} fills "
+             f"({price_rate:,.0f} prices/s, {fill_rate:,.0f} fills/s): {window_ms:.2f} ms a window, "
+             f"{window_ms * 1e3 / tick:.0%} of the window's length.", ""]
     click.echo("\n".join(lines))
     if not engine_only:
         with kafka_cluster() as bootstrap, tempfile.TemporaryDirectory(prefix="bench-fills-") as tmp:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -131,6 +131,16 @@ def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, floa
     return [(h, 1.0, kind) for h in range(len(holdings))]  # gross or net leverage
 
 
+class _Terms(NamedTuple):
+    """The terms of one kind: their indexes, holdings, columns, coefficients (None: all 1)."""
+
+    kind: int
+    terms: np.ndarray
+    hold: np.ndarray
+    col: np.ndarray
+    coef: np.ndarray | None
+
+
 @dataclass
 class _Packed:
     """All blocks concatenated, books in id order."""
@@ -163,6 +173,28 @@ class _Packed:
     term_hold: np.ndarray
     term_coef: np.ndarray
     term_kind: np.ndarray
+
+    @cached_property
+    def unit_multipliers(self) -> bool:
+        return bool((self.mult == 1.0).all())
+
+    @cached_property
+    def hold_pairs(self) -> np.ndarray:
+        """The FX pairs the holdings are valued through."""
+        return np.unique(self.pair)
+
+    @cached_property
+    def terms_by_kind(self) -> list[_Terms]:
+        """The terms of each kind present, in order: a column's terms are all of its limit's kind,
+        so summing kind by kind sums each column as all the terms at once did (the same terms in
+        the same order), without computing every kind for every term."""
+        out = []
+        for kind in np.unique(self.term_kind).tolist():
+            terms = np.flatnonzero(self.term_kind == kind)
+            coef = self.term_coef[terms]
+            out.append(_Terms(kind, terms, self.term_hold[terms], self.term_col[terms],
+                              None if bool((coef == 1.0).all()) else coef))
+        return out
 
     @classmethod
     def of(cls, blocks: Mapping[str, _Block], factors: Mapping[str, int]) -> "_Packed":
@@ -335,15 +367,25 @@ class Exposures:
             touched[ks] = True
             hs, cs = np.flatnonzero(touched[p.hold_book]), np.flatnonzero(touched[p.cash_book])
             cols, ts_ = np.flatnonzero(touched[p.col_book]), np.flatnonzero(touched[p.term_book])
-        inst, pair, book_of = p.inst[hs], p.pair[hs], p.hold_book[hs]
-        pts, rts = self.px_ts[inst], rate_ts[pair]
-        mv = p.qty[hs] * self.px[inst] * p.mult[hs] * rate[pair]
-        input_ts = np.where(rts > 0, np.minimum(pts, rts), pts)
+        inst, book_of = p.inst[hs], p.hold_book[hs]
+        pts = self.px_ts[inst]
+        mv = p.qty[hs] * self.px[inst]
+        if not p.unit_multipliers:
+            mv *= p.mult[hs]
+        # Every holding in the base currency (a rate of 1, no quote time): nothing to multiply by
+        # (x 1.0 is exact) or to take the time of; else each holding's FX rate and quote time.
+        if (rate[p.hold_pairs] == 1.0).all() and not rate_ts[p.hold_pairs].any():
+            input_ts = newest_ts = pts
+        else:
+            pair = p.pair[hs]
+            rts = rate_ts[pair]
+            mv *= rate[pair]
+            input_ts, newest_ts = np.where(rts > 0, np.minimum(pts, rts), pts), np.maximum(pts, rts)
         cash_book = p.cash_book[cs]
         nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + \
             np.bincount(book_of, mv, minlength=n)
         newest = np.zeros(n, dtype=np.int64)
-        np.maximum.at(newest, book_of, np.maximum(pts, rts))
+        np.maximum.at(newest, book_of, newest_ts)
         np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
         oldest = np.full(n, _NO_TS, dtype=np.int64)
         np.minimum.at(oldest, book_of, input_ts)
@@ -353,14 +395,7 @@ class Exposures:
             part = np.zeros(len(mv))
             if risky.any():
                 part, variance, factor_part, specific = self._risk(p, hs, book_of, mv / nav[book_of], n)
-            # every term of the touched books: its holding's MV, |MV|, long or short part, or risk part
-            by_holding = np.zeros((2, len(p.hold_book)))
-            by_holding[0, hs], by_holding[1, hs] = mv, part
-            kind = p.term_kind[ts_]
-            x = by_holding[(kind == RISK).astype(np.int64), p.term_hold[ts_]]
-            x = np.where(kind == GROSS, np.abs(x), np.where(kind == LONG, np.maximum(x, 0.0),
-                                                             np.where(kind == SHORT, np.minimum(x, 0.0), x)))
-            sums = np.bincount(p.term_col[ts_], x * p.term_coef[ts_], minlength=len(p.col_book))[cols]
+            sums = self._column_sums(p, hs, ts_, mv, part)[cols]
             denominator = nav[col_book]
             if risky.any():
                 factor = p.risk_factor[cols]
@@ -393,6 +428,33 @@ class Exposures:
                             mv[h0:h1], input_ts[h0:h1])
             h0, c0, o0 = h1, c1, o1
         return rows
+
+    @staticmethod
+    def _column_sums(p: _Packed, hs: np.ndarray | slice, ts_: np.ndarray | slice, mv: np.ndarray,
+                     part: np.ndarray) -> np.ndarray:
+        """Per column, the sum of its terms over the touched books (`hs`: their holdings, `ts_`:
+        their terms): each term's holding's MV, |MV|, long or short part, or risk part, x its coefficient."""
+        if isinstance(hs, slice):  # every book: the holdings' arrays are indexed like the terms' holdings
+            by_holding = (mv, part)
+        else:
+            by_holding = (np.zeros(len(p.hold_book)), np.zeros(len(p.hold_book)))
+            by_holding[0][hs], by_holding[1][hs] = mv, part
+            touched = np.zeros(len(p.term_kind), dtype=bool)
+            touched[ts_] = True
+        sums = np.zeros(len(p.col_book))
+        for kind, terms, hold, col, coef in p.terms_by_kind:
+            if not isinstance(hs, slice):
+                keep = touched[terms]
+                hold, col, coef = hold[keep], col[keep], None if coef is None else coef[keep]
+            x = by_holding[kind == RISK][hold]
+            if kind == GROSS:
+                x = np.abs(x)
+            elif kind == LONG:
+                x = np.maximum(x, 0.0)
+            elif kind == SHORT:
+                x = np.minimum(x, 0.0)
+            sums += np.bincount(col, x if coef is None else x * coef, minlength=len(p.col_book))
+        return sums
 
     @staticmethod
     def _risk(p: _Packed, hs: np.ndarray | slice, book_of: np.ndarray, w: np.ndarray,
