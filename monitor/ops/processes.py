@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -80,19 +81,30 @@ def terminate(proc: subprocess.Popen[bytes], grace: float = 10.0) -> int:
 
 def free_ports(count: int = 1) -> list[int]:
     """Distinct loopback ports that are free now, each with the port after it free too (a worker's
-    query API listens next to its /metrics unless told otherwise); all held open until all are picked."""
+    query API listens next to its /metrics unless told otherwise); all held open until all are picked.
+
+    Below the kernel's ephemeral range: a port taken from it (`bind(0)`) can meanwhile become the
+    local end of some client's outgoing connection (a Kafka client's), and the server started on it
+    then fails with "address already in use" (seen in `monitor bench`'s two-worker case)."""
+    low = _ephemeral_start()
     with contextlib.ExitStack() as stack:
         picked: list[int] = []
         while len(picked) < count:
-            sock = stack.enter_context(socket.socket())
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-            if port + 1 in picked or port - 1 in picked or port >= 65535:
+            port = random.randrange(max(1024, low - 12_000), low - 1)
+            if {port - 1, port, port + 1} & set(picked):
                 continue
-            neighbour = stack.enter_context(socket.socket())
             try:
-                neighbour.bind(("127.0.0.1", port + 1))
+                for p in (port, port + 1):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", p))
             except OSError:
                 continue
             picked.append(port)
         return picked
+
+
+def _ephemeral_start() -> int:
+    """The first port of the kernel's ephemeral range (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
