@@ -90,18 +90,24 @@ class Day:
 # -- part 1: the engine alone ----------------------------------------------------------------
 
 
+def _priced_engine(day: Day, tick_us: int) -> tuple[Engine, int]:
+    """An engine with the day's instruments, each priced at 100 at the returned time."""
+    engine = Engine(tick_us)
+    for iid in day.instrument_ids:
+        engine.on_instrument(Instrument.from_message(day.instrument(iid)))
+    t0 = 1_800_000_000 * SEC
+    engine.on_prices([Price(iid, 100.0, t0) for iid in day.instrument_ids])
+    return engine, t0
+
+
 def engine_fill_cost(day: Day, tick_us: int) -> tuple[float, float, float, float]:
     """(us per fill over the first 1,000, over the last 1,000, fills in total, us per fill when
     re-applied at a restart) for one book. The restart: a fresh engine with the book's policy and
     watch restored, its snapshot and fills applied again in order (as the worker's gate releases
     them; the book is judged again only after its clock)."""
-    engine = Engine(tick_us)
+    engine, t0 = _priced_engine(day, tick_us)
     rng = random.Random(day.seed)
     ids = day.instrument_ids
-    for iid in ids:
-        engine.on_instrument(Instrument.from_message(day.instrument(iid)))
-    t0 = 1_800_000_000 * SEC
-    engine.on_prices([Price(iid, 100.0, t0) for iid in ids])
     book = day.book_ids[0]
     engine.on_policy(parse_policy(day.policy(book), "bench"))
     engine.on_snapshot(Snapshot(book, t0, {"USD": 0.0}, {iid: 1000.0 for iid in ids}))
@@ -142,13 +148,9 @@ def engine_window_cost(day: Day, tick_us: int, price_rate: float, fill_rate: flo
     of random books, applied as the gate releases them, then the window closed (every book is
     touched: each holds every instrument). The engine's share of a live worker's CPU at those rates
     is this over the window's length."""
-    engine = Engine(tick_us)
+    engine, t0 = _priced_engine(day, tick_us)
     rng = random.Random(day.seed)
     ids, books = day.instrument_ids, day.book_ids
-    for iid in ids:
-        engine.on_instrument(Instrument.from_message(day.instrument(iid)))
-    t0 = 1_800_000_000 * SEC
-    engine.on_prices([Price(iid, 100.0, t0) for iid in ids])
     for book in books:
         engine.on_policy(parse_policy(day.policy(book), "bench"))
         engine.on_snapshot(Snapshot(book, t0, {"USD": 0.0}, {iid: 1000.0 for iid in ids}))

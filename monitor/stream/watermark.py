@@ -230,12 +230,17 @@ class Progress:
                 mark = min(mark, self.book_read.get(tp, (0, 0))[1])
         return mark
 
+    def end(self, consumer: Any, tp: Any) -> int | None:
+        """A partition's end offset: the later of its consumer's last fetch answer and the broker's
+        last confirmation (`Tail`); None before the consumer has fetched it."""
+        highwater = consumer.highwater(tp)
+        return None if highwater is None else max(highwater, self.ends.get((tp.topic, tp.partition), 0))
+
     def book_caught_up(self, consumer: Any, tp: Any) -> bool:
         """Whether every message of a book partition up to its highwater has been read."""
-        highwater = consumer.highwater(tp)
+        highwater = self.end(consumer, tp)
         if highwater is None:
             return False
-        highwater = max(highwater, self.ends.get((tp.topic, tp.partition), 0))
         if highwater == 0:
             return True
         read = self.book_read.get(tp)
@@ -264,9 +269,8 @@ class Progress:
         prices: dict[int, tuple[Micros, bool]] = {}
         reference_read = True
         for tp in consumer.assignment():
-            highwater = consumer.highwater(tp)
-            read_to_end = highwater is not None and \
-                await consumer.position(tp) >= max(highwater, self.ends.get((tp.topic, tp.partition), 0))
+            highwater = self.end(consumer, tp)
+            read_to_end = highwater is not None and await consumer.position(tp) >= highwater
             if tp.topic == self._prices_topic:
                 prices[tp.partition] = (self.price_read.get(tp.partition, 0), read_to_end)
             else:
