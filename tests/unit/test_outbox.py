@@ -56,3 +56,41 @@ def test_a_failed_delivery_fails_every_later_settle() -> None:
                 await outbox.settle()
 
     asyncio.run(go())
+
+
+def test_send_after_hands_a_record_over_only_once_those_before_it_are_delivered() -> None:
+    async def go() -> None:
+        outbox, events, watches = Outbox(), Topic(), Topic()
+        await outbox.send(events, key=b"alert", value=b"1")
+        outbox.send_after(watches, key=b"B1", value=b"watch-1")  # returns at once: nothing awaited
+        outbox.send_after(watches, key=b"B1", value=b"watch-2")
+        await asyncio.sleep(0.01)
+        assert watches.deliveries == []  # the alert is not on the broker yet: its watch waits
+        settle = asyncio.create_task(outbox.settle())
+        events.deliveries[0][1].set_result("ok")
+        await asyncio.sleep(0.01)
+        assert [k for k, _ in watches.deliveries] == [b"B1"]  # the first watch; the second waits for it
+        assert not settle.done()  # settle waits for the deferred records too
+        watches.deliveries[0][1].set_result("ok")
+        await asyncio.sleep(0.01)
+        assert len(watches.deliveries) == 2
+        assert not settle.done()
+        watches.deliveries[1][1].set_result("ok")
+        await asyncio.wait_for(settle, 1.0)
+        assert len(outbox) == 0
+
+    asyncio.run(go())
+
+
+def test_send_after_a_failed_delivery_is_never_sent_and_settle_raises() -> None:
+    async def go() -> None:
+        outbox, events, watches = Outbox(), Topic(), Topic()
+        await outbox.send(events, key=b"alert", value=b"1")
+        outbox.send_after(watches, key=b"B1", value=b"watch")
+        events.deliveries[0][1].set_exception(RuntimeError("broker refused"))
+        with pytest.raises(RuntimeError, match="broker refused"):
+            await outbox.settle()
+        await asyncio.sleep(0.01)
+        assert watches.deliveries == []  # a watch never gets ahead of an event that was lost
+
+    asyncio.run(go())
