@@ -11,6 +11,7 @@ import click
 
 from monitor.engine.policy import PolicyError
 from monitor.ops.config import ConfigError, Settings
+from monitor.ops.heap import keep_freed_memory
 
 
 def _settings(**flags: object) -> Settings:
@@ -50,6 +51,7 @@ class _Main(click.Group):
 @click.version_option(package_name="drift-monitor")
 def main() -> None:
     """Real-time drift monitor: book exposures against policy targets and bands, on Kafka."""
+    keep_freed_memory()  # every command that values books does it with numpy (ops/heap.py)
 
 
 @main.command()

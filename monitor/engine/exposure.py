@@ -131,6 +131,11 @@ def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, floa
     return [(h, 1.0, kind) for h in range(len(holdings))]  # gross or net leverage
 
 
+def _segments(book_of: np.ndarray) -> np.ndarray:
+    """Where each book's holdings start: packed holdings come grouped by book (`reduceat`'s segments)."""
+    return np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))
+
+
 class _Terms(NamedTuple):
     """The terms of one kind: their indexes, holdings, columns, coefficients (None: all 1)."""
 
@@ -385,10 +390,12 @@ class Exposures:
         nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + \
             np.bincount(book_of, mv, minlength=n)
         newest = np.zeros(n, dtype=np.int64)
-        np.maximum.at(newest, book_of, newest_ts)
-        np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
         oldest = np.full(n, _NO_TS, dtype=np.int64)
-        np.minimum.at(oldest, book_of, input_ts)
+        if len(book_of):  # each book's newest and oldest in one pass
+            starts = _segments(book_of)
+            newest[book_of[starts]] = np.maximum.reduceat(newest_ts, starts)
+            oldest[book_of[starts]] = np.minimum.reduceat(input_ts, starts)
+        np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
         col_book = p.col_book[cols]
         with np.errstate(divide="ignore", invalid="ignore"):  # NAV <= 0 or unknown: not judged
             risky = p.risk[cols]
@@ -463,10 +470,10 @@ class Exposures:
         holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
         x_f (F x)_f and the specific part (nan for a book without a model or variances)."""
         load = p.load[hs]
-        # x = B'w per book: the holdings come grouped by book, so one reduceat sums every factor
+        # x = B'w per book: one reduceat sums every factor
         exposure = np.zeros((n, load.shape[1]))
         if len(w):
-            starts = np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))
+            starts = _segments(book_of)
             exposure[book_of[starts]] = np.add.reduceat(w[:, None] * load, starts, axis=0)
         covaried = np.full_like(exposure, np.nan)
         for cov, books in p.models:
