@@ -228,11 +228,11 @@ class BookTables:
 
         return read
 
-    async def recovered(self, owned: set[int]) -> "Recovered":
+    def recovered(self, owned: set[int], inputs: dict[str, bytes]) -> "Recovered":
         """The tables' content after a recovery, of the partitions this worker owns now: what the
         engine is rebuilt from. Faust has recovered policies and watches (the keys of partitions
-        not owned, which it may still hold, are dropped here); the book inputs are read from their
-        changelog now."""
+        not owned, which it may still hold, are dropped here); `inputs` are the book inputs read
+        from their changelog (`read_inputs`)."""
         self.partition_of.clear()
         self._snapshots.clear()
         for table in (self.policies, self.watches):
@@ -243,7 +243,7 @@ class BookTables:
                     del partitions[key]
                     continue
                 self.partition_of[key] = partition
-        self.inputs = await read_inputs(self.settings, owned)
+        self.inputs = inputs
         staged = sorted((StagedBookEvent.from_record(orjson.loads(v)) for v in self.inputs.values()),
                         key=lambda s: (s.ts, s.origin.partition, s.origin.offset))
         for s in staged:

@@ -51,7 +51,7 @@ from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.commits import GapReader, use_safe_commits
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import Outbox
-from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic
+from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic, read_inputs
 from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, Tail, start_offsets
 
 log = structlog.get_logger("monitor.worker")
@@ -207,6 +207,8 @@ class Worker:
         self._rewind = asyncio.Event()
         self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
         self._checkpoints: asyncio.Future[list[checkpoint.Checkpoint]]  # read by each recovery
+        # (rebalance, owned book partitions, their reads) started at an assignment, for its recovery
+        self._prefetched: tuple[int, list[tuple[str, int]], asyncio.Future[Any]] | None = None
         self._settled: Micros = 0  # every price stamped before it has been read and applied
         # Per price partition, the offset below which every record has been held (gate or engine); as
         # it stood when `_settled` last moved (a checkpoint's `held`); the restored checkpoint's.
@@ -358,9 +360,27 @@ class Worker:
         metrics.INPUTS_CAUGHT_UP.set(0)
 
     async def _on_assigned(self, sender: Any, assigned: Any, **_: Any) -> None:
+        """What a recovery reads besides Faust's tables is read from now, while Faust recovers them
+        (`_reads`): at a full-size restart that took ~2 s."""
         self._assigned_at = time.monotonic()
+        owned = self._owned_book_partitions()
+        self._prefetched = (self._rebalances, owned, self._reads(owned))
         log.info("partitions assigned: recovering", book_partitions=sorted(
             f"{tp.topic}[{tp.partition}]" for tp in assigned if self.settings.logical(tp.topic) in BOOK_TOPICS))
+
+    def _owned_book_partitions(self) -> list[tuple[str, int]]:
+        return sorted((tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
+                      if self.settings.logical(tp.topic) in BOOK_TOPICS)
+
+    def _reads(self, owned: list[tuple[str, int]]) -> asyncio.Future[tuple[dict[str, bytes], dict[Any, int]]]:
+        """The recorded book inputs of the owned partitions and the group's offsets there, read at
+        once, each with its own client; and the price checkpoints (for `_rewind_market`). Nothing
+        writes book inputs between an assignment and its recovery: Faust delivers no book message
+        and the gate releases nothing until `_restore` has run."""
+        self._checkpoints = asyncio.ensure_future(checkpoint.read_all(self.settings))
+        return asyncio.ensure_future(asyncio.gather(
+            read_inputs(self.settings, {p for _, p in owned}),
+            start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned, self.settings.kafka_security)))
 
     async def _restore(self) -> None:
         """After table recovery: the engine's books become exactly what the tables hold. Policies and
@@ -369,14 +389,14 @@ class Worker:
         began = time.monotonic()
         rebalance = self._rebalances
         async with self._lock:
-            owned_tps = [(tp.topic, tp.partition) for tp in self.app.assignor.assigned_actives()
-                         if self.settings.logical(tp.topic) in BOOK_TOPICS]
-            # Read at once, each with its own client: the checkpoints (for `_rewind_market`), the book
-            # inputs and the group's offsets (a restart's fixed cost was these clients one after another).
-            self._checkpoints = asyncio.ensure_future(checkpoint.read_all(self.settings))
-            recovered, start = await asyncio.gather(
-                self.tables.recovered({p for _, p in owned_tps}),
-                start_offsets(self.settings.bootstrap_servers, self.app.conf.id, owned_tps, self.settings.kafka_security))
+            owned_tps = self._owned_book_partitions()
+            prefetched, self._prefetched = self._prefetched, None
+            if prefetched is not None and prefetched[:2] == (rebalance, owned_tps):
+                reads = prefetched[2]
+            else:  # not read at the assignment (or for another one): now
+                reads = self._reads(owned_tps)
+            inputs, start = await reads
+            recovered = self.tables.recovered({p for _, p in owned_tps}, inputs)
             try:
                 for (topic, partition), offset in start.items():
                     if self._rebalances != rebalance:
@@ -433,6 +453,7 @@ class Worker:
                     self._settled, self._held_at_settle = settled, dict(self._held_through)
             tick = self.engine.tick
             prices: list[Price] = []
+            events: list[Event] = []  # the engine's, in its order, published once a window is complete
             released = self.gate.release(watermark)
             self._released += len(released)
             for item in released:
@@ -440,14 +461,15 @@ class Worker:
                     if prices and tick > 0 and item.ts // tick != prices[-1].ts // tick:
                         # The gate releases in event-time order: the window of `prices` is complete.
                         # Evaluate and emit it now rather than after the rest of the batch.
-                        await self._publish(self._apply_prices(prices, until=item.ts))
-                        prices = []
+                        await self._publish(events + self._apply_prices(prices, until=item.ts))
+                        prices, events = [], []
                     prices.append(item)
                     continue
-                await self._publish(self._apply_prices(prices))
-                prices = []
-                await self._publish(await self._apply_staged(item))
-            alerts = self._apply_prices(prices, until=min(market.progress, book_mark, tail))
+                if prices:
+                    events += self._apply_prices(prices)
+                    prices = []
+                events += await self._apply_staged(item)
+            alerts = events + self._apply_prices(prices, until=min(market.progress, book_mark, tail))
             if streams == AHEAD:  # both streams read to their end: what the gate holds waits for the broker
                 self.engine.end_warmup(before=self.gate.oldest())
                 if not len(self.gate):

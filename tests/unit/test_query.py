@@ -321,7 +321,6 @@ def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_p
 
     from monitor.ops.config import Settings
     from monitor.stream import worker as worker_module
-    from monitor.stream.tables import Recovered
     from monitor.stream.worker import Worker
 
     settings = Settings(data_dir=str(tmp_path))
@@ -347,15 +346,15 @@ def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_p
 
     revoke_while_reading = [False]
 
-    async def recovered(_: set[int]) -> Recovered:
+    async def read_inputs(*_: object) -> dict[str, bytes]:
         if revoke_while_reading[0]:
             await worker._on_revoked(None, set())
-        return Recovered({}, {}, [])
+        return {}
 
     monkeypatch.setattr(type(worker.app.assignor), "assigned_actives", lambda _: set(owned))
     monkeypatch.setattr(worker_module, "start_offsets", start_offsets)
     monkeypatch.setattr(worker_module.checkpoint, "read_all", no_checkpoints)
-    monkeypatch.setattr(worker.tables, "recovered", recovered)
+    monkeypatch.setattr(worker_module, "read_inputs", read_inputs)
 
     async def restore(consumer: Consumer) -> None:
         monkeypatch.setattr(type(worker.app), "consumer", property(lambda _: consumer))
@@ -374,3 +373,53 @@ def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_p
     consumer = Consumer()
     asyncio.run(restore(consumer))  # no rebalance meanwhile: recovered
     assert consumer.sought == owned and not worker._recovering and worker.progress.recovered
+
+
+def test_a_recovery_uses_what_its_assignment_began_reading_and_only_that(tmp_path, monkeypatch):
+    """The book inputs and the group's offsets are read from the assignment on, while Faust recovers
+    its tables; the recovery of that assignment uses that read, and one of a later rebalance (or for
+    other partitions) reads again."""
+    import asyncio
+
+    from faust.types import TP
+
+    from monitor.ops.config import Settings
+    from monitor.stream import worker as worker_module
+    from monitor.stream.worker import Worker
+
+    settings = Settings(data_dir=str(tmp_path))
+    worker = Worker(settings)
+    owned = {TP(settings.topic("fills"), 0)}
+    reads: list[int] = []
+
+    class Consumer:
+        async def seek(self, tp: TP, offset: int) -> None:
+            pass
+
+    async def read_inputs(_: Settings, partitions: set[int]) -> dict[str, bytes]:
+        reads.append(len(reads))
+        return {}
+
+    async def start_offsets(*_: object) -> dict[tuple[str, int], int]:
+        return {(tp.topic, tp.partition): 0 for tp in owned}
+
+    async def no_checkpoints(_: Settings) -> list:
+        return []
+
+    monkeypatch.setattr(type(worker.app.assignor), "assigned_actives", lambda _: set(owned))
+    monkeypatch.setattr(type(worker.app), "consumer", property(lambda _: Consumer()))
+    monkeypatch.setattr(worker_module, "read_inputs", read_inputs)
+    monkeypatch.setattr(worker_module, "start_offsets", start_offsets)
+    monkeypatch.setattr(worker_module.checkpoint, "read_all", no_checkpoints)
+
+    async def rebalance(restore_after: str) -> None:
+        await worker._on_revoked(None, set())
+        await worker._on_assigned(None, set())
+        if restore_after == "another rebalance":
+            await worker._on_revoked(None, set())
+        await worker._restore()
+
+    asyncio.run(rebalance("assignment"))
+    assert reads == [0] and worker.progress.recovered  # read once, at the assignment
+    asyncio.run(rebalance("another rebalance"))
+    assert reads == [0, 1, 2]  # the assignment's read belongs to an older rebalance: read again
