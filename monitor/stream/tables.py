@@ -182,15 +182,10 @@ class BookTables:
     async def save_policy(self, portfolio_id: str, text: str, partition: int) -> None:
         await self._write(self.policies, portfolio_id, text, partition)
 
-    def save_watch(self, portfolio_id: str, watch: Watch) -> None:
-        """The watch as it is now, sent once every record sent before it is on the broker (the
-        events it records, `Outbox.send_after`); the caller does not wait for that."""
+    async def save_watch(self, portfolio_id: str, watch: Watch) -> None:
         partition = self.partition_of.get(portfolio_id)
         if partition is not None:
-            value = orjson.dumps(watch.to_dict())
-            self._set(self.watches, portfolio_id, value, partition)
-            self.outbox.send_after(self.watches.changelog_topic, key=portfolio_id, value=value, partition=partition,
-                                   value_serializer="raw")
+            await self._write(self.watches, portfolio_id, orjson.dumps(watch.to_dict()), partition)
 
     async def _write_input(self, key: str, record: bytes | None, partition: int) -> None:
         """Set (or delete, for None) a book input's record; its key on the changelog is the JSON
@@ -209,13 +204,10 @@ class BookTables:
         the record in Faust's producer buffer, which stops draining under the gate's write rate
         (faust-streaming 0.15).
         """
-        self._set(table, key, value, partition)
-        await self.outbox.send(table.changelog_topic, key=key, value=value, partition=partition,
-                               value_serializer="raw" if isinstance(value, bytes) else None)
-
-    def _set(self, table: Any, key: str, value: Any, partition: int) -> None:
         table.data[key] = value
         self._key_partitions[table.name][key] = partition
+        await self.outbox.send(table.changelog_topic, key=key, value=value, partition=partition,
+                               value_serializer="raw" if isinstance(value, bytes) else None)
 
     # -- recovery ----------------------------------------------------------------
 

@@ -62,10 +62,6 @@ MARKET_TOPICS = ("instruments", "risk-models", "prices")
 # sooner (BENCHMARKS.md: 1,000 against 5,000).
 MARKET_BATCH = 1_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
-# Records handed to the producer and not yet delivered past which a drain waits for them. A drain
-# does not wait otherwise: a broker round trip per drain held the price loop ~1 s behind a feed of
-# 20,000 prices/s. Failures still surface within a second (the metrics timer settles).
-OUTBOX_MAX = 10_000
 # Book messages handled per drain of the gate, and how long a batch waits to fill: the latency a
 # quiet book stream adds. One drain per message cost more than the message (BENCHMARKS.md).
 BOOK_BATCH = 500
@@ -481,8 +477,7 @@ class Worker:
                     log.info("caught up", seconds_since_start=round(time.monotonic() - self._started, 3))
             await self._publish(alerts)
             metrics.GATE_HELD.set(len(self.gate))
-        if len(self.outbox) >= OUTBOX_MAX:
-            await self.outbox.settle()  # the broker is behind (or away): stop making records until it is not
+        await self.outbox.settle()
 
     def _ask_ends(self) -> None:
         """Ask the broker where every input partition ends (`Tail`), unless a question is under way
@@ -661,8 +656,10 @@ class Worker:
             _freeze_heap("first evaluation")
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         await self.emit.events(events)
+        if events:
+            await self.outbox.settle()  # the events are on the broker before the watches that record them
         for pid in sorted({e.portfolio_id for e in events}):
-            self._save_watch(pid)  # on the broker after the events it records (Outbox.send_after)
+            await self._save_watch(pid)
         for change in self.engine.changes():
             await self.tables.forget(change)
         if events:
@@ -710,11 +707,11 @@ class Worker:
                             if self.settings.logical(tp.topic) in BOOK_TOPICS
                             and not self.progress.book_caught_up(consumer, tp)))
 
-    def _save_watch(self, pid: str) -> None:
+    async def _save_watch(self, pid: str) -> None:
         watch = self.engine.watches.get(pid)
         if watch is not None:
             self._persisted[pid] = (watch.peak_nav, watch.clock)
-            self.tables.save_watch(pid, watch)
+            await self.tables.save_watch(pid, watch)
 
     async def _checkpoint_prices(self) -> None:
         """Every `checkpoint_s`: the watches whose clock moved (a later restart resumes them from
@@ -723,7 +720,7 @@ class Worker:
             return
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted.get(pid, (None, None))[1] != watch.clock:
-                self._save_watch(pid)
+                await self._save_watch(pid)
                 await asyncio.sleep(0)
         async with self._lock:
             found = checkpoint.Checkpoint(self._settled, self.engine.market_state(), self._held_at_settle)
@@ -753,7 +750,7 @@ class Worker:
         metrics.GATE_OLDEST_AGE.set(max(0.0, (now_us() - oldest) / 1e6) if oldest is not None else 0.0)
         for pid, watch in list(self.engine.watches.items()):
             if self._persisted.get(pid, (None, None))[0] != watch.peak_nav:
-                self._save_watch(pid)
+                await self._save_watch(pid)
                 await asyncio.sleep(0)
         await self.outbox.settle()
 
