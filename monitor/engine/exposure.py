@@ -133,17 +133,21 @@ def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, floa
 
 def _segments(book_of: np.ndarray) -> np.ndarray:
     """Where each book's holdings start: packed holdings come grouped by book (`reduceat`'s segments)."""
+    if not len(book_of):
+        return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))
 
 
 class _Terms(NamedTuple):
-    """The terms of one kind: their indexes, holdings, columns, coefficients (None: all 1)."""
+    """The terms of one kind: their indexes, holdings, columns (non-decreasing: a column's terms
+    are consecutive), coefficients (None: all 1), where each column's terms start."""
 
     kind: int
     terms: np.ndarray
     hold: np.ndarray
     col: np.ndarray
     coef: np.ndarray | None
+    starts: np.ndarray
 
 
 @dataclass
@@ -191,15 +195,20 @@ class _Packed:
     @cached_property
     def terms_by_kind(self) -> list[_Terms]:
         """The terms of each kind present, in order: a column's terms are all of its limit's kind,
-        so summing kind by kind sums each column as all the terms at once did (the same terms in
-        the same order), without computing every kind for every term."""
+        so summing kind by kind sums each column over the same terms, without computing every kind
+        for every term."""
         out = []
         for kind in np.unique(self.term_kind).tolist():
             terms = np.flatnonzero(self.term_kind == kind)
-            coef = self.term_coef[terms]
-            out.append(_Terms(kind, terms, self.term_hold[terms], self.term_col[terms],
-                              None if bool((coef == 1.0).all()) else coef))
+            coef, col = self.term_coef[terms], self.term_col[terms]
+            out.append(_Terms(kind, terms, self.term_hold[terms], col, None if bool((coef == 1.0).all()) else coef,
+                              _segments(col)))
         return out
+
+    @cached_property
+    def hold_starts(self) -> np.ndarray:
+        """Where each book's holdings start (books without any have none)."""
+        return _segments(self.hold_book)
 
     @classmethod
     def of(cls, blocks: Mapping[str, _Block], factors: Mapping[str, int]) -> "_Packed":
@@ -387,21 +396,25 @@ class Exposures:
             mv *= rate[pair]
             input_ts, newest_ts = np.where(rts > 0, np.minimum(pts, rts), pts), np.maximum(pts, rts)
         cash_book = p.cash_book[cs]
-        nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + \
-            np.bincount(book_of, mv, minlength=n)
+        # Each book's holdings are consecutive: summed, and their newest and oldest times taken, a
+        # segment a book (a book's sum depends on its holdings alone, not on which books are valued).
+        held = np.zeros(n)
         newest = np.zeros(n, dtype=np.int64)
         oldest = np.full(n, _NO_TS, dtype=np.int64)
-        if len(book_of):  # each book's newest and oldest in one pass
-            starts = _segments(book_of)
-            newest[book_of[starts]] = np.maximum.reduceat(newest_ts, starts)
-            oldest[book_of[starts]] = np.minimum.reduceat(input_ts, starts)
+        starts = p.hold_starts if isinstance(hs, slice) else _segments(book_of)
+        first = book_of[starts]
+        if len(starts):
+            held[first] = np.add.reduceat(mv, starts)
+            newest[first] = np.maximum.reduceat(newest_ts, starts)
+            oldest[first] = np.minimum.reduceat(input_ts, starts)
+        nav = np.bincount(cash_book, p.cash_amt[cs] * rate[p.cash_pair[cs]], minlength=n) + held
         np.maximum.at(newest, cash_book, rate_ts[p.cash_pair[cs]])
         col_book = p.col_book[cols]
         with np.errstate(divide="ignore", invalid="ignore"):  # NAV <= 0 or unknown: not judged
             risky = p.risk[cols]
             part = np.zeros(len(mv))
             if risky.any():
-                part, variance, factor_part, specific = self._risk(p, hs, book_of, mv / nav[book_of], n)
+                part, variance, factor_part, specific = self._risk(p, hs, book_of, starts, mv / nav[book_of], n)
             sums = self._column_sums(p, hs, ts_, mv, part)[cols]
             denominator = nav[col_book]
             if risky.any():
@@ -449,10 +462,13 @@ class Exposures:
             touched = np.zeros(len(p.term_kind), dtype=bool)
             touched[ts_] = True
         sums = np.zeros(len(p.col_book))
-        for kind, terms, hold, col, coef in p.terms_by_kind:
+        for kind, terms, hold, col, coef, starts in p.terms_by_kind:
             if not isinstance(hs, slice):
                 keep = touched[terms]
                 hold, col, coef = hold[keep], col[keep], None if coef is None else coef[keep]
+                if not len(col):
+                    continue
+                starts = _segments(col)
             x = by_holding[kind == RISK][hold]
             if kind == GROSS:
                 x = np.abs(x)
@@ -460,26 +476,28 @@ class Exposures:
                 x = np.maximum(x, 0.0)
             elif kind == SHORT:
                 x = np.minimum(x, 0.0)
-            sums += np.bincount(col, x if coef is None else x * coef, minlength=len(p.col_book))
+            # a column's terms are consecutive: one segment a column (its sum depends on its terms alone)
+            sums[col[starts]] = np.add.reduceat(x if coef is None else x * coef, starts)
         return sums
 
     @staticmethod
-    def _risk(p: _Packed, hs: np.ndarray | slice, book_of: np.ndarray, w: np.ndarray,
+    def _risk(p: _Packed, hs: np.ndarray | slice, book_of: np.ndarray, starts: np.ndarray, w: np.ndarray,
               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Euler risk decomposition of the touched books at once, from weights w per holding: each
-        holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance, each factor's part
-        x_f (F x)_f and the specific part (nan for a book without a model or variances)."""
+        """Euler risk decomposition of the touched books at once, from weights w per holding (`starts`:
+        where each book's begin): each holding's part w_i (B F x)_i + w_i^2 D_i, each book's variance,
+        each factor's part x_f (F x)_f and the specific part (nan for a book without a model or
+        variances)."""
         load = p.load[hs]
         # x = B'w per book: one reduceat sums every factor
         exposure = np.zeros((n, load.shape[1]))
-        if len(w):
-            starts = _segments(book_of)
+        own = w * w * p.spec[hs]
+        specific = np.zeros(n)
+        if len(starts):
             exposure[book_of[starts]] = np.add.reduceat(w[:, None] * load, starts, axis=0)
+            specific[book_of[starts]] = np.add.reduceat(own, starts)
         covaried = np.full_like(exposure, np.nan)
         for cov, books in p.models:
             covaried[books] = exposure[books] @ cov
-        own = w * w * p.spec[hs]
-        specific = np.bincount(book_of, own, minlength=n)
         factor_part = exposure * covaried
         part = w * np.einsum("hk,hk->h", load, covaried[book_of]) + own
         return part, factor_part.sum(axis=1) + specific, factor_part, specific

@@ -159,3 +159,29 @@ def test_positions_moved_in_place_value_as_if_built_afresh(books, start, changes
             assert (moved[pid].nav == row.nav) or (row.nav != row.nav and moved[pid].nav != moved[pid].nav)
             assert np.array_equal(moved[pid].actuals, row.actuals, equal_nan=True), pid
             assert np.array_equal(moved[pid]._mv, row._mv), pid
+
+
+def test_a_large_books_figures_do_not_depend_on_which_books_are_valued_with_it() -> None:
+    """Sums a book at a time (reduceat) are pairwise over thousands of holdings: the same floats
+    wherever the book's holdings sit in the arrays, valued alone or among the others."""
+    rng = np.random.default_rng(11)
+    n = 2_000
+    instruments = universe(n)
+    model = RiskModel("M", 0, ("market", "value"), ((4e-4, -1e-4), (-1e-4, 9e-4)),
+                      {f"I{i}": 1e-4 * (1 + i % 7) for i in range(n)})
+    books = [Book(f"B{k}", positions={f"I{i}": float(q) for i, q in enumerate(rng.normal(0, 500, n))
+                                      if rng.random() < 0.3 + 0.2 * k},
+                  cash={"USD": 50_000.0, "EUR": -10_000.0}) for k in range(4)]
+    pairs = [(book, POLICY, model) for book in books]
+    prices = {iid: (float(px), 1) for iid, px in zip(instruments, rng.uniform(1, 500, n + 2))}
+    exposures = Exposures()
+    for iid, (px, ts) in prices.items():
+        exposures.set_price(iid, px, ts)
+    together = exposures.value(pairs, instruments, prices)
+    for pair in pairs:
+        (alone,) = exposures.value([pair], instruments, prices).values()
+        mine = together[pair[0].portfolio_id]
+        assert alone.nav == mine.nav and alone.nav == alone.nav
+        assert np.array_equal(alone.actuals, mine.actuals, equal_nan=True)
+        assert np.array_equal(alone.usages, mine.usages, equal_nan=True)
+        assert sum(a == a for a in mine.actuals) > 10  # measured, not nan
