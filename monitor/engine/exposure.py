@@ -132,7 +132,8 @@ def _terms(limit: Limit, holdings: Sequence[Instrument]) -> list[tuple[int, floa
 
 
 def _segments(book_of: np.ndarray) -> np.ndarray:
-    """Where each book's holdings start: packed holdings come grouped by book (`reduceat`'s segments)."""
+    """Where each run of equal values starts: each book's holdings (they come grouped by book), or
+    each column's terms; the segments `reduceat` sums."""
     if not len(book_of):
         return np.zeros(0, dtype=np.int64)
     return np.flatnonzero(np.concatenate(([True], book_of[1:] != book_of[:-1])))

@@ -126,6 +126,14 @@ async def _let_clients_run() -> None:
         await asyncio.sleep(0)
 
 
+class _Prefetch(NamedTuple):
+    """What a recovery reads besides Faust's tables, started at its assignment (`Worker._reads`)."""
+
+    rebalance: int  # the rebalance it belongs to (`Worker._rebalances`)
+    owned: list[tuple[str, int]]  # the book partitions it reads
+    reads: asyncio.Future[tuple[dict[str, bytes], dict[Any, int]]]
+
+
 class _Fetched(NamedTuple):
     """A book message read by `GapReader`, shaped as the Faust message the stream would have given."""
 
@@ -203,8 +211,7 @@ class Worker:
         self._rewind = asyncio.Event()
         self._resume: dict[str, Micros] = {}  # per owned book: the event time it is judged again from
         self._checkpoints: asyncio.Future[list[checkpoint.Checkpoint]]  # read by each recovery
-        # (rebalance, owned book partitions, their reads) started at an assignment, for its recovery
-        self._prefetched: tuple[int, list[tuple[str, int]], asyncio.Future[Any]] | None = None
+        self._prefetched: _Prefetch | None = None  # started at an assignment, for its recovery
         self._settled: Micros = 0  # every price stamped before it has been read and applied
         # Per price partition, the offset below which every record has been held (gate or engine); as
         # it stood when `_settled` last moved (a checkpoint's `held`); the restored checkpoint's.
@@ -360,7 +367,7 @@ class Worker:
         (`_reads`): at a full-size restart that took ~2 s."""
         self._assigned_at = time.monotonic()
         owned = self._owned_book_partitions()
-        self._prefetched = (self._rebalances, owned, self._reads(owned))
+        self._prefetched = _Prefetch(self._rebalances, owned, self._reads(owned))
         log.info("partitions assigned: recovering", book_partitions=sorted(
             f"{tp.topic}[{tp.partition}]" for tp in assigned if self.settings.logical(tp.topic) in BOOK_TOPICS))
 
@@ -387,8 +394,8 @@ class Worker:
         async with self._lock:
             owned_tps = self._owned_book_partitions()
             prefetched, self._prefetched = self._prefetched, None
-            if prefetched is not None and prefetched[:2] == (rebalance, owned_tps):
-                reads = prefetched[2]
+            if prefetched is not None and (prefetched.rebalance, prefetched.owned) == (rebalance, owned_tps):
+                reads = prefetched.reads
             else:  # not read at the assignment (or for another one): now
                 reads = self._reads(owned_tps)
             inputs, start = await reads
