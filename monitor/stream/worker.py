@@ -50,7 +50,7 @@ from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.commits import GapReader, use_safe_commits
 from monitor.stream.emit import Emitter, now_us
-from monitor.stream.outbox import Outbox
+from monitor.stream.outbox import BATCH_BYTES, Outbox
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic, read_inputs
 from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, Tail, start_offsets
 
@@ -177,6 +177,7 @@ class Worker:
             # carry many of them (the sender's requests were ~10% of a fill burst's profile), at up to
             # 2 ms on an alert's latency. Not measured on its own (BENCHMARKS.md, 2026-11-30 17:58).
             producer_linger=0.002,
+            producer_max_batch_size=BATCH_BYTES,
             # A killed worker's partitions move on after this long without heartbeats (Faust's
             # default is 60 s: a restarted worker would wait that long to get its books back).
             broker_session_timeout=settings.session_timeout_s,
@@ -190,7 +191,9 @@ class Worker:
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
-        self.outbox = Outbox()  # every record written: sent at once, delivery awaited by `settle` (outbox.py)
+        # Every record written: handed over at once, delivery awaited by `settle` (outbox.py). Its
+        # batches go to Faust's aiokafka producer, which Faust does not expose otherwise.
+        self.outbox = Outbox(lambda: app.producer._ensure_producer())
         self._gaps = GapReader(settings)  # book messages the stream left out, read from the broker (commits.py)
         self.emit = Emitter(app, settings, self.outbox)
         self.tables = BookTables(app, settings, self.outbox)

@@ -1,4 +1,5 @@
-"""The outbox: records handed over at once, their deliveries awaited together by `settle`."""
+"""The outbox: records handed over at once, their deliveries awaited together by `settle`; records for
+a partition shipped as batches, in order."""
 
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ from monitor.stream.outbox import Outbox
 class Topic:
     """A topic whose deliveries the test completes by hand (the producer's acknowledgements)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "t") -> None:
+        self.name = name
         self.deliveries: list[tuple[Any, asyncio.Future[Any]]] = []
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    def prepare_key(self, key: Any, serializer: Any) -> tuple[bytes, None]:
+        return key if isinstance(key, bytes) else str(key).encode(), None
+
+    def prepare_value(self, value: Any, serializer: Any) -> tuple[bytes | None, None]:
+        return value if value is None or isinstance(value, bytes) else str(value).encode(), None
 
     def as_future_message(self, **fields: Any) -> dict[str, Any]:
         return fields
@@ -28,7 +39,7 @@ class Topic:
 
 def test_settle_waits_for_every_record_handed_over_by_any_task() -> None:
     async def go() -> list[str]:
-        outbox, topic, seen = Outbox(), Topic(), []
+        outbox, topic, seen = Outbox(lambda: None), Topic(), []
         await outbox.send(topic, key=b"a", value=b"1")
         await outbox.send(topic, key=b"b", value=b"2")
         other = asyncio.create_task(outbox.settle())  # another loop settles first: it takes nothing away
@@ -48,11 +59,80 @@ def test_settle_waits_for_every_record_handed_over_by_any_task() -> None:
 
 def test_a_failed_delivery_fails_every_later_settle() -> None:
     async def go() -> None:
-        outbox, topic = Outbox(), Topic()
+        outbox, topic = Outbox(lambda: None), Topic()
         await outbox.send(topic, key=b"a", value=b"1")
         topic.deliveries[0][1].set_exception(RuntimeError("broker refused"))
         for _ in range(2):
             with pytest.raises(RuntimeError, match="broker refused"):
                 await outbox.settle()
+
+    asyncio.run(go())
+
+
+class Batch:
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.records = capacity, []
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> object | None:
+        if len(self.records) >= self.capacity:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
+class Producer:
+    """aiokafka's batch calls, with the batches shipped and their deliveries kept for the test."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.shipped: list[tuple[str, int, list[tuple[bytes, bytes | None]], asyncio.Future[Any]]] = []
+
+    def create_batch(self) -> Batch:
+        return Batch(self.capacity)
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        await asyncio.sleep(0)  # the producer may make the caller wait (metadata, a batch not yet drained)
+        delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.shipped.append((topic, partition, batch.records, delivery))
+        return delivery
+
+
+def test_a_partitions_records_ship_as_batches_in_order_at_settle() -> None:
+    async def go() -> tuple[list[Any], list[Any], bool]:
+        producer = Producer(capacity=3)
+        outbox, inputs, watches = Outbox(lambda: producer), Topic("inputs"), Topic("watches")
+        for k in range(4):
+            await outbox.send(inputs, key=b"k%d" % k, value=b"v%d" % k, partition=1)
+        await outbox.send(watches, key=b"w", value=b"x", partition=1)
+        await outbox.send(inputs, key=b"gone", value=None, partition=0)  # a tombstone
+        before = [(t, p, [k for k, _ in r]) for t, p, r, _ in producer.shipped]  # only the full batch
+        settling = asyncio.create_task(outbox.settle())
+        await asyncio.sleep(0.01)
+        waited = not settling.done()  # shipped, not delivered
+        for *_, delivery in producer.shipped:
+            delivery.set_result(None)
+        await asyncio.wait_for(settling, 1.0)
+        after = [(t, p, [k for k, _ in r]) for t, p, r, _ in producer.shipped]
+        return before, after, waited
+
+    before, after, waited = asyncio.run(go())
+    assert before == [("inputs", 1, [b"k0", b"k1", b"k2"])]
+    assert after == [("inputs", 1, [b"k0", b"k1", b"k2"]), ("inputs", 1, [b"k3"]), ("watches", 1, [b"w"]),
+                     ("inputs", 0, [b"gone"])]
+    assert waited
+
+
+def test_a_failed_batch_fails_every_later_settle() -> None:
+    async def go() -> None:
+        producer = Producer(capacity=10)
+        outbox = Outbox(lambda: producer)
+        await outbox.send(Topic(), key=b"a", value=b"1", partition=0)
+        settling = asyncio.create_task(outbox.settle())
+        await asyncio.sleep(0.01)
+        producer.shipped[0][3].set_exception(RuntimeError("record too large"))
+        with pytest.raises(RuntimeError, match="record too large"):
+            await settling
+        with pytest.raises(RuntimeError, match="record too large"):
+            await outbox.settle()  # and every settle after it
 
     asyncio.run(go())
