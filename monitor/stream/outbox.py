@@ -57,6 +57,7 @@ class Outbox:
 
     async def _ship(self, where: tuple[str, int], batch: Any) -> None:
         topic, partition = where
+        batch.close()  # complete: the sender takes it at once, without the producer's linger
         async with self._shipping:
             self._track(await self._producer().send_batch(batch, topic, partition=partition))
 

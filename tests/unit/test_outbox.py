@@ -71,7 +71,10 @@ def test_a_failed_delivery_fails_every_later_settle() -> None:
 
 class Batch:
     def __init__(self, capacity: int) -> None:
-        self.capacity, self.records = capacity, []
+        self.capacity, self.records, self.closed = capacity, [], False
+
+    def close(self) -> None:
+        self.closed = True
 
     def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> object | None:
         if len(self.records) >= self.capacity:
@@ -91,6 +94,7 @@ class Producer:
         return Batch(self.capacity)
 
     async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        assert batch.closed  # else the producer lingers before sending it
         await asyncio.sleep(0)  # the producer may make the caller wait (metadata, a batch not yet drained)
         delivery: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.shipped.append((topic, partition, batch.records, delivery))
