@@ -22,6 +22,7 @@ import asyncio
 import os
 import platform
 import random
+import resource
 import signal
 import subprocess
 import time
@@ -295,6 +296,15 @@ def _changelog_sizes(settings: Settings) -> tuple[int, int, int]:
     return asyncio.run(go())
 
 
+def _cpu(samples: dict) -> float:
+    return samples.get(("process_cpu_seconds_total", ()), 0.0)
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _book_navs(samples: dict) -> dict[str, float]:
     return {dict(labels)["portfolio_id"]: v for (name, labels), v in samples.items() if name == "monitor_book_nav"}
 
@@ -348,7 +358,9 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_gate_held_events", ())) == 0,
               1800, "the books (and the price history) to be read", proc)
         before = scrape(url)
+        feeder_cpu = _own_cpu_seconds()
         fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
+        feeder_cpu = _own_cpu_seconds() - feeder_cpu
         mid = scrape(url)
         catch_up = _wait(lambda: consumed("fills") >= day.fills
                          and scrape(url).get(("monitor_gate_held_events", ())) == 0, 600, "the fills applied", proc,
@@ -401,6 +413,8 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         f"| changelog records / bytes per fill | {records / day.fills:.2f} / {size / day.fills:,.0f} B |",
         f"| largest changelog record | {largest / 1024:,.1f} KB |",
         f"| worker peak RSS | {rss:,.0f} MB |",
+        f"| worker CPU s, first sent to last applied ({total_s:.0f} s); the feeder's, while feeding | "
+        f"{_cpu(after) - _cpu(before):.1f} s; {feeder_cpu:.1f} s |",
         f"| restart after kill -9 to gate caught up ({prices_sent + history_prices + day.positions:,} prices on "
         f"the topic) | {restart_s:.1f} s |",
         f"| of which: to the books recovered (group rebalance, changelogs read) | {recovered_s:.1f} s |",
