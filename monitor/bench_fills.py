@@ -355,8 +355,11 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         return scrape(url).get(("monitor_events_consumed_total", (("topic", topic),)), 0.0)
 
     try:
-        _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_gate_held_events", ())) == 0,
-              1800, "the books (and the price history) to be read", proc)
+        # Caught up: every input partition read to its end, so the price history too (an empty gate
+        # alone happens between two batches of it: the day then began behind by the history left).
+        _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_inputs_caught_up", ())) == 1.0
+              and scrape(url).get(("monitor_gate_held_events", ())) == 0, 1800,
+              "the books (and the price history) to be read", proc, every=1.0)
         before = scrape(url)
         feeder_cpu = _own_cpu_seconds()
         fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
