@@ -26,6 +26,7 @@ from typing import Any, Callable
 # messages writes ~400 B a fill, so a partition's records of a 500-message batch ship as one.
 BATCH_BYTES = 1 << 20
 
+
 class Outbox:
     """Records sent without waiting, and the wait for all of them (see the module's docstring)."""
 
@@ -47,13 +48,14 @@ class Outbox:
         key_bytes, _ = topic.prepare_key(key, None)
         value_bytes, _ = topic.prepare_value(value, value_serializer)
         where = (topic.get_topic_name(), partition)
-        batch = self._open.get(where)
-        if batch is None:
-            batch = self._open[where] = self._producer().create_batch()
-        if batch.append(key=key_bytes, value=value_bytes, timestamp=None) is None:  # full
-            await self._ship(where, self._open.pop(where))
-            batch = self._open[where] = self._producer().create_batch()
-            batch.append(key=key_bytes, value=value_bytes, timestamp=None)  # a batch takes its first record whatever its size
+        while True:  # a batch takes its first record whatever its size: twice round at most, but for other tasks
+            batch = self._open.get(where)
+            if batch is None:
+                batch = self._open[where] = self._producer().create_batch()
+            if batch.append(key=key_bytes, value=value_bytes, timestamp=None) is not None:
+                return
+            del self._open[where]  # full: shipped, and the record goes into the partition's next batch,
+            await self._ship(where, batch)  # which another task may have opened meanwhile
 
     async def _ship(self, where: tuple[str, int], batch: Any) -> None:
         topic, partition = where

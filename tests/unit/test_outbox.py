@@ -140,3 +140,25 @@ def test_a_failed_batch_fails_every_later_settle() -> None:
             await outbox.settle()  # and every settle after it
 
     asyncio.run(go())
+
+
+def test_a_record_sent_while_a_full_batch_ships_is_not_lost() -> None:
+    """One task's record fills the partition's batch and waits while it ships; another task's record
+    for the partition meanwhile opens the next batch: both records reach the producer."""
+
+    async def go() -> list[bytes]:
+        producer = Producer(capacity=1)
+        outbox, topic = Outbox(lambda: producer), Topic("inputs")
+        await outbox.send(topic, key=b"a", value=b"1", partition=0)
+        first = asyncio.create_task(outbox.send(topic, key=b"b", value=b"2", partition=0))  # "a" full: ships
+        await asyncio.sleep(0)
+        await outbox.send(topic, key=b"c", value=b"3", partition=0)  # while "a" ships
+        await first
+        settling = asyncio.create_task(outbox.settle())
+        await asyncio.sleep(0.01)
+        for *_, delivery in producer.shipped:
+            delivery.set_result(None)
+        await asyncio.wait_for(settling, 1.0)
+        return [key for _, _, records, _ in producer.shipped for key, _ in records]
+
+    assert sorted(asyncio.run(go())) == [b"a", b"b", b"c"]
