@@ -351,22 +351,25 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
     url = settings.local_metrics_url
     proc = _spawn_worker(settings, workdir)
 
-    def consumed(topic: str) -> float:
-        return scrape(url).get(("monitor_events_consumed_total", (("topic", topic),)), 0.0)
+    def applied(topic: str, n: int) -> bool:
+        """`n` messages of `topic` read, the worker caught up (every input partition read to its end)
+        and nothing left in its gate: from one scrape."""
+        samples = scrape(url)
+        return (samples.get(("monitor_events_consumed_total", (("topic", topic),)), 0.0) >= n
+                and samples.get(("monitor_inputs_caught_up", ())) == 1.0
+                and samples.get(("monitor_gate_held_events", ())) == 0)
 
     try:
-        # Caught up: every input partition read to its end, so the price history too (an empty gate
-        # alone happens between two batches of it: the day then began behind by the history left).
-        _wait(lambda: consumed("positions") >= day.books and scrape(url).get(("monitor_inputs_caught_up", ())) == 1.0
-              and scrape(url).get(("monitor_gate_held_events", ())) == 0, 1800,
-              "the books (and the price history) to be read", proc, every=1.0)
+        # Caught up, so the price history read too (an empty gate alone happens between two batches
+        # of it: the day then began behind by the history left).
+        _wait(lambda: applied("positions", day.books), 1800, "the books (and the price history) to be read", proc,
+              every=1.0)
         before = scrape(url)
         feeder_cpu = _own_cpu_seconds()
         fed_s, prices_sent = asyncio.run(_feed(settings, day, price_rate, fill_rate))
         feeder_cpu = _own_cpu_seconds() - feeder_cpu
         mid = scrape(url)
-        catch_up = _wait(lambda: consumed("fills") >= day.fills
-                         and scrape(url).get(("monitor_gate_held_events", ())) == 0, 600, "the fills applied", proc,
+        catch_up = _wait(lambda: applied("fills", day.fills), 600, "the fills applied", proc,
                          every=1.0)  # the catch-up takes tens of seconds: +-1 s, for 3% more of the worker
         after = scrape(url)
         rss = _peak_rss_mb(proc.pid)

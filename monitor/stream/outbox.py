@@ -48,7 +48,7 @@ class Outbox:
         key_bytes, _ = topic.prepare_key(key, None)
         value_bytes, _ = topic.prepare_value(value, value_serializer)
         where = (topic.get_topic_name(), partition)
-        while True:  # a batch takes its first record whatever its size: twice round at most, but for other tasks
+        while True:  # round twice at most (a batch takes its first record whatever its size), unless other tasks fill it
             batch = self._open.get(where)
             if batch is None:
                 batch = self._open[where] = self._producer().create_batch()
