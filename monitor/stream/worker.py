@@ -117,6 +117,17 @@ def _freeze_heap(why: str) -> None:
     log.info("heap frozen", why=why, objects=gc.get_freeze_count())
 
 
+def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
+    """Each task of these loops and the line it waits at: what a stalled worker was stuck on."""
+    waiting = []
+    for loop in loops:
+        for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
+            frames = task.get_stack()
+            where = "/".join(frames[-1].f_code.co_filename.rsplit("/", 2)[-2:]) + f":{frames[-1].f_lineno}" if frames else "?"
+            waiting.append(f"{task.get_name()} {task.get_coro().__qualname__} at {where}")
+    return sorted(waiting)
+
+
 async def _let_clients_run() -> None:
     """Yield to the event loop a few times, so that aiokafka's background tasks act now rather
     than after the evaluation that follows: the fetcher, woken by a batch just taken, sends the
@@ -124,6 +135,16 @@ async def _let_clients_run() -> None:
     ships the events just emitted."""
     for _ in range(3):
         await asyncio.sleep(0)
+
+
+async def _seek(consumer: Any, offsets: dict[TP, int]) -> None:
+    """Move Faust's book consumer to these offsets. Faust's `seek` runs aiokafka's on this thread,
+    against the consumer that Faust's consumer thread is fetching with: it once took a partition's
+    records from under the fetcher (KeyError in `fetched_records`, the worker dead). `seek_wait`
+    seeks in the consumer's own thread; it raises IllegalStateError for a partition no longer
+    assigned, as aiokafka's seek does."""
+    if offsets:
+        await consumer.seek_wait(offsets)
 
 
 class _Prefetch(NamedTuple):
@@ -404,12 +425,11 @@ class Worker:
             inputs, start = await reads
             recovered = self.tables.recovered({p for _, p in owned_tps}, inputs)
             try:
-                for (topic, partition), offset in start.items():
-                    if self._rebalances != rebalance:
-                        break
+                if self._rebalances == rebalance:
                     # Faust seeks only partitions with a committed offset; after a worker killed before
                     # its first commit, the others were left where nothing more was delivered.
-                    await self.app.consumer.seek(TP(topic, partition), offset)
+                    await _seek(self.app.consumer, {TP(topic, partition): offset
+                                                    for (topic, partition), offset in start.items()})
             except IllegalStateError:
                 if self._rebalances == rebalance:
                     raise
@@ -693,14 +713,15 @@ class Worker:
         elif now - self._book_quiet_since >= RESEEK_AFTER_S and not self._resought and not self._recovering:
             self._resought = True
             to = {tp: self.progress.next_book_offset(tp) for tp in behind}
-            for tp, offset in to.items():
-                await consumer.seek(tp, offset)
+            await _seek(consumer, to)
             metrics.BOOK_RESEEKS.inc(len(to))
             log.warning("book partitions behind and nothing delivered: sought back to what was read",
                         quiet_s=round(now - self._book_quiet_since, 1),
                         partitions={f"{tp.topic}[{tp.partition}]": (offset, consumer.highwater(tp))
                                     for tp, offset in to.items()})
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
+            log.error("stalled: what each task waits at", tasks=_waiting_tasks(
+                asyncio.get_running_loop(), getattr(getattr(consumer, "_thread", None), "thread_loop", None)))
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
                 f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),

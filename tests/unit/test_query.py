@@ -227,8 +227,8 @@ def test_a_book_partition_behind_with_nothing_delivered_is_sought_back_to_what_w
         def highwater(self, tp: TP) -> int:
             return highwater[tp]
 
-        async def seek(self, tp: TP, offset: int) -> None:
-            self.sought.append((tp, offset))
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            self.sought.extend(offsets.items())
 
     consumer = Consumer()
     monkeypatch.setattr(type(worker.app), "consumer", property(lambda _: consumer))
@@ -328,15 +328,15 @@ def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_p
     owned = [TP(settings.topic("fills"), 0), TP(settings.topic("fills"), 1)]
 
     class Consumer:
-        def __init__(self, second_seek: str = "ok") -> None:  # or "rebalance", or "lost" (no rebalance)
-            self.second_seek, self.sought = second_seek, []
+        def __init__(self, seek: str = "ok") -> None:  # or "rebalance", "overtaken", or "lost" (no rebalance)
+            self.seek, self.sought = seek, []
 
-        async def seek(self, tp: TP, offset: int) -> None:
-            if self.sought and self.second_seek == "rebalance":
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
+            if self.seek in ("rebalance", "overtaken"):  # it begins while the consumer's thread seeks
                 await worker._on_revoked(None, set())
-            if self.sought and self.second_seek != "ok":
-                raise IllegalStateError(f"No current assignment for partition {tp}")
-            self.sought.append(tp)
+            if self.seek in ("rebalance", "lost"):
+                raise IllegalStateError(f"No current assignment for partition {owned[-1]}")
+            self.sought.extend(offsets)
 
     async def start_offsets(*_: object) -> dict[tuple[str, int], int]:
         return {(tp.topic, tp.partition): 0 for tp in owned}
@@ -361,7 +361,9 @@ def test_a_recovery_overtaken_by_the_next_rebalance_is_abandoned_not_fatal(tmp_p
         await worker._on_revoked(None, set())
         await worker._restore()
 
-    asyncio.run(restore(Consumer("rebalance")))  # the next rebalance begins between two seeks
+    asyncio.run(restore(Consumer("rebalance")))  # the next rebalance begins during the seeks
+    assert worker._recovering and not worker.progress.recovered and not worker._rewind.is_set()
+    asyncio.run(restore(Consumer("overtaken")))  # ... and the seeks succeed even so
     assert worker._recovering and not worker.progress.recovered and not worker._rewind.is_set()
     revoke_while_reading[0] = True
     consumer = Consumer()
@@ -393,7 +395,7 @@ def test_a_recovery_uses_what_its_assignment_began_reading_and_only_that(tmp_pat
     reads: list[int] = []
 
     class Consumer:
-        async def seek(self, tp: TP, offset: int) -> None:
+        async def seek_wait(self, offsets: dict[TP, int]) -> None:
             pass
 
     async def read_inputs(_: Settings, partitions: set[int]) -> dict[str, bytes]:
@@ -423,3 +425,27 @@ def test_a_recovery_uses_what_its_assignment_began_reading_and_only_that(tmp_pat
     assert reads == [0] and worker.progress.recovered  # read once, at the assignment
     asyncio.run(rebalance("another rebalance"))
     assert reads == [0, 1, 2]  # the assignment's read belongs to an older rebalance: read again
+
+
+def test_a_stalled_worker_names_the_line_each_task_waits_at():
+    """What the stall exit logs: every task of the loops given, with the line it is suspended at."""
+    import asyncio
+
+    from monitor.stream.worker import _waiting_tasks
+
+    async def stuck_on(event: asyncio.Event) -> None:
+        await event.wait()
+
+    async def main() -> list[str]:
+        event = asyncio.Event()
+        task = asyncio.create_task(stuck_on(event), name="book-agent")
+        await asyncio.sleep(0)
+        waiting = _waiting_tasks(asyncio.get_running_loop(), None)
+        event.set()
+        await task
+        return waiting
+
+    line = stuck_on.__code__.co_firstlineno + 1
+    waiting = asyncio.run(main())
+    assert f"book-agent test_a_stalled_worker_names_the_line_each_task_waits_at.<locals>.stuck_on at unit/test_query.py:{line}" in waiting
+    assert any(".main at unit/test_query.py:" in w for w in waiting), waiting
