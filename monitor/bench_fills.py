@@ -300,6 +300,10 @@ def _cpu(samples: dict) -> float:
     return samples.get(("process_cpu_seconds_total", ()), 0.0)
 
 
+def _gc_pauses(samples: dict) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "monitor_gc_pause_seconds_total")
+
+
 def _own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -421,6 +425,7 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         f"| worker peak RSS | {rss:,.0f} MB |",
         f"| worker CPU s, first sent to last applied ({total_s:.0f} s); the feeder's, while feeding | "
         f"{_cpu(after) - _cpu(before):.1f} s; {feeder_cpu:.1f} s |",
+        f"| of the worker's: in the garbage collector | {_gc_pauses(after) - _gc_pauses(before):.1f} s |",
         f"| restart after kill -9 to gate caught up ({prices_sent + history_prices + day.positions:,} prices on "
         f"the topic) | {restart_s:.1f} s |",
         f"| of which: to the books recovered (group rebalance, changelogs read) | {recovered_s:.1f} s |",

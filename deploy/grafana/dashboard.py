@@ -110,6 +110,13 @@ def pipeline() -> list:
         graph("Evaluation time p99", "s",
               query("histogram_quantile(0.99, sum by (le) (rate(monitor_evaluation_seconds_bucket"
                     "[$__rate_interval])))", "p99")),
+        graph("Worker CPU and garbage collection", "percentunit",
+              query('sum by (instance) (rate(process_cpu_seconds_total{job="drift-monitor"}[$__rate_interval]))',
+                    "CPU {{instance}}"),
+              query("sum by (instance, generation) (rate(monitor_gc_pause_seconds_total[$__rate_interval]))",
+                    "GC gen {{generation}} {{instance}}"),
+              description="A worker's share of a core, and the share it spends stopped in Python's garbage "
+                          "collector. Near 100% CPU the worker falls behind: inputs wait and lag grows."),
         graph("Events waiting in the gate", "short", query("sum(monitor_gate_held_events)", "held events"),
               query("max(monitor_gate_oldest_held_age_seconds)", "oldest held age (s)"),
               description="Growing age while events stay held is a stall."),

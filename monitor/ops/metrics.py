@@ -6,6 +6,8 @@ deploy/ use them); change them only with those.
 
 from __future__ import annotations
 
+import gc
+import time
 import urllib.request
 from typing import Sequence
 
@@ -69,9 +71,29 @@ RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its 
                      "(start, rebalance, failover)")
 LOOP_FAILURES = Counter("monitor_loop_failures", "A worker loop failed and the process exited non-zero "
                         "(seen only until the exit; process_start_time_seconds shows the restart)", ["loop"])
+GC_PAUSE_SECONDS = Counter("monitor_gc_pause_seconds", "Time the worker stood still in Python's cyclic garbage "
+                           "collector, by generation (every loop waits meanwhile)", ["generation"])
 RECONCILIATION_BREAKS = Counter("monitor_reconciliation_breaks",
                                 "Position snapshots that differ from what the monitor held for their as_of "
                                 "(RECONCILIATION_BREAK alerts opened)")
+
+
+_GC_PAUSES = [GC_PAUSE_SECONDS.labels(str(generation)) for generation in range(3)]
+_gc_started = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_started[0] = time.perf_counter()
+    else:
+        _GC_PAUSES[info["generation"]].inc(time.perf_counter() - _gc_started[0])
+
+
+def time_gc_pauses() -> None:
+    """Count the collector's pauses in `GC_PAUSE_SECONDS`: with a large heap of held prices and
+    books, a collection stops the worker for milliseconds, which no other series shows."""
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
 
 
 def alert_emitted(event: AlertEvent) -> None:

@@ -825,6 +825,7 @@ def run(settings: Settings) -> None:
 
     REPEATS.count = lambda library: metrics.CLIENT_LOG_ERRORS.labels(library).inc()
     metrics.serve(settings.metrics_host, settings.metrics_port)
+    metrics.time_gc_pauses()
     log.info("metrics served", url=f"http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     worker = Worker(settings)
     asyncio.get_event_loop().run_until_complete(worker.api.start())  # on the loop Faust runs next

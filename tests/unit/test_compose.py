@@ -38,8 +38,10 @@ COUNTERS = {f"{c._name}_total" for c in _COLLECTORS if isinstance(c, Counter)}
 GAUGES = {c._name for c in _COLLECTORS if isinstance(c, Gauge)}
 HISTOGRAMS = {c._name for c in _COLLECTORS if isinstance(c, Histogram)}
 METRICS = COUNTERS | GAUGES | {f"{h}{s}" for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
-ALLOWED_SERIES = METRICS | {"up", "process_start_time_seconds"}  # the last from prometheus_client's process collector
-KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "loop", "library", "le", "job", "instance"}
+# The last two from prometheus_client's process collector.
+ALLOWED_SERIES = METRICS | {"up", "process_start_time_seconds", "process_cpu_seconds_total"}
+KNOWN_LABELS = {"topic", "reason", "severity", "state", "portfolio_id", "loop", "library", "le", "job", "instance",
+                "generation"}
 
 
 # ---------------------------------------------------------------- helpers

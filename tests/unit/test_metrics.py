@@ -64,3 +64,20 @@ def test_a_forgotten_book_has_no_series_left_and_others_keep_theirs() -> None:
     metrics.forget_book("NEVER-EXPORTED")  # no error
     exported = {s.labels.get("portfolio_id") for g in metrics.BOOK_GAUGES for f in g.collect() for s in f.samples}
     assert "GONE" not in exported and "KEPT" in exported
+
+
+def test_each_collection_adds_its_pause_to_its_generation():
+    """The collector's pauses as a counter (`metrics.time_gc_pauses`)."""
+    import gc
+
+    from monitor.ops import metrics
+
+    metrics.time_gc_pauses()
+    metrics.time_gc_pauses()  # once only, however often asked
+    assert gc.callbacks.count(metrics._on_gc) == 1
+    before = [metrics.GC_PAUSE_SECONDS.labels(str(g))._value.get() for g in range(3)]
+    gc.collect(1)
+    after = [metrics.GC_PAUSE_SECONDS.labels(str(g))._value.get() for g in range(3)]
+    assert after[1] > before[1]
+    gc.collect()
+    assert metrics.GC_PAUSE_SECONDS.labels("2")._value.get() > after[2]
