@@ -300,8 +300,9 @@ def _cpu(samples: dict) -> float:
     return samples.get(("process_cpu_seconds_total", ()), 0.0)
 
 
-def _gc_pauses(samples: dict) -> float:
-    return sum(v for (name, _), v in samples.items() if name == "monitor_gc_pause_seconds_total")
+def _gc_pauses(samples: dict, generations: tuple[str, ...] = ("0", "1", "2")) -> float:
+    return sum(v for (name, labels), v in samples.items()
+               if name == "monitor_gc_pause_seconds_total" and dict(labels)["generation"] in generations)
 
 
 def _own_cpu_seconds() -> float:
@@ -425,7 +426,8 @@ def run_bench(bootstrap: str, day: Day, price_rate: float, fill_rate: float, his
         f"| worker peak RSS | {rss:,.0f} MB |",
         f"| worker CPU s, first sent to last applied ({total_s:.0f} s); the feeder's, while feeding | "
         f"{_cpu(after) - _cpu(before):.1f} s; {feeder_cpu:.1f} s |",
-        f"| of the worker's: in the garbage collector | {_gc_pauses(after) - _gc_pauses(before):.1f} s |",
+        f"| of the worker's: in the garbage collector; in its full collections | "
+        f"{_gc_pauses(after) - _gc_pauses(before):.1f} s; {_gc_pauses(after, ('2',)) - _gc_pauses(before, ('2',)):.1f} s |",
         f"| restart after kill -9 to gate caught up ({prices_sent + history_prices + day.positions:,} prices on "
         f"the topic) | {restart_s:.1f} s |",
         f"| of which: to the books recovered (group rebalance, changelogs read) | {recovered_s:.1f} s |",
