@@ -115,8 +115,8 @@ def _freeze_heap(why: str) -> None:
 
     Reference data, books, and the framework's objects live as long as the worker. With them
     scanned, each full collection stopped the worker for 30-60 ms, which was most of the p99
-    of event-to-alert latency (and see GC_THRESHOLDS). Called at the first evaluation and when caught up (at start and
-    after each rebalance).
+    of event-to-alert latency (and see GC_THRESHOLDS). Called at the first evaluation and when
+    caught up (at start and after each rebalance).
     """
     gc.collect()
     gc.freeze()
@@ -128,8 +128,9 @@ def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
     waiting = []
     for loop in loops:
         for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
-            frames = task.get_stack()
-            where = "/".join(frames[-1].f_code.co_filename.rsplit("/", 2)[-2:]) + f":{frames[-1].f_lineno}" if frames else "?"
+            frames = task.get_stack()  # oldest first: the last is where it is suspended
+            code = frames[-1].f_code if frames else None
+            where = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{frames[-1].f_lineno}" if code else "?"
             waiting.append(f"{task.get_name()} {task.get_coro().__qualname__} at {where}")
     return sorted(waiting)
 
