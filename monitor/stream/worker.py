@@ -124,14 +124,17 @@ def _freeze_heap(why: str) -> None:
 
 
 def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
-    """Each task of these loops and the line it waits at: what a stalled worker was stuck on."""
+    """Each task of these loops and where it is suspended: the chain of coroutines it awaits
+    through, and the line of the innermost one. What a stalled worker was stuck on."""
     waiting = []
     for loop in loops:
         for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
-            frames = task.get_stack()  # oldest first: the last is where it is suspended
-            code = frames[-1].f_code if frames else None
-            where = f"{'/'.join(code.co_filename.rsplit('/', 2)[-2:])}:{frames[-1].f_lineno}" if code else "?"
-            waiting.append(f"{task.get_name()} {task.get_coro().__qualname__} at {where}")
+            chain, where, awaited = [], "?", task.get_coro()
+            while (frame := getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)) is not None:
+                chain.append(frame.f_code.co_qualname)
+                where = f"{'/'.join(frame.f_code.co_filename.rsplit('/', 2)[-2:])}:{frame.f_lineno}"
+                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+            waiting.append(f"{task.get_name()} {' > '.join(chain)} at {where}")
     return sorted(waiting)
 
 
