@@ -17,6 +17,9 @@ import structlog
 
 
 LIBRARIES = ("aiokafka", "faust", "mode")
+# Kept at the root's level: Faust's changelog recovery says what it still has to read, and a
+# recovery that never ends is otherwise invisible until the stall exit.
+AUDIBLE = ("faust.tables.recovery",)
 
 
 class RepeatFilter(logging.Filter):
@@ -73,3 +76,5 @@ def configure(fmt: str = "console", level: str = "info") -> None:
     root.setLevel(level.upper())
     for noisy in LIBRARIES:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    for audible in AUDIBLE:
+        logging.getLogger(audible).setLevel(root.level)

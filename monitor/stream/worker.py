@@ -125,16 +125,20 @@ def _freeze_heap(why: str) -> None:
 
 def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
     """Each task of these loops and where it is suspended: the chain of coroutines it awaits
-    through, and the line of the innermost one. What a stalled worker was stuck on."""
+    through, and the line of the innermost one. What a stalled worker was stuck on. Never raises:
+    another thread's loop runs on while it is read, and the exit that follows must happen."""
     waiting = []
     for loop in loops:
-        for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
-            chain, where, awaited = [], "?", task.get_coro()
-            while (frame := getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)) is not None:
-                chain.append(frame.f_code.co_qualname)
-                where = f"{'/'.join(frame.f_code.co_filename.rsplit('/', 2)[-2:])}:{frame.f_lineno}"
-                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
-            waiting.append(f"{task.get_name()} {' > '.join(chain)} at {where}")
+        try:
+            for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
+                chain, where, awaited = [], "?", task.get_coro()
+                while (frame := getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)):
+                    chain.append(frame.f_code.co_qualname)
+                    where = f"{'/'.join(frame.f_code.co_filename.rsplit('/', 2)[-2:])}:{frame.f_lineno}"
+                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+                waiting.append(f"{task.get_name()} {' > '.join(chain)} at {where}")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
+            waiting.append(f"(tasks of {loop!r} not read: {exc!r})")
     return sorted(waiting)
 
 

@@ -29,3 +29,21 @@ def test_a_repeated_library_error_passes_once_per_interval_saying_how_many_were_
     assert repeats.filter(record("aiokafka.conn", "Another problem"))
     assert all(repeats.filter(record("monitor.worker", "drift alert")) for _ in range(5))
     assert all(repeats.filter(record("aiokafka", "joined", logging.INFO)) for _ in range(5))
+
+
+def test_faust_recovery_progress_is_logged_at_info_and_the_rest_of_faust_at_warning():
+    """A changelog recovery that never ends must be visible before the stall exit: Faust's
+    recovery says what it still has to read, at info; its other services stay quiet."""
+    import logging
+
+    from monitor.ops.logging import configure
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        configure("console", "info")
+        assert logging.getLogger("faust.tables.recovery").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("faust.transport.consumer").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("aiokafka.consumer").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], root.level = handlers, level

@@ -457,3 +457,22 @@ def test_a_stalled_worker_names_the_line_each_task_waits_at():
                                "test_a_stalled_worker_names_the_line_each_task_waits_at.<locals>.waiting_for > "
                                "Event.wait at asyncio/locks.py:"), agent
     assert any(".main at unit/test_query.py:" in w for w in waiting), waiting
+
+
+def test_a_stall_report_never_raises(monkeypatch: pytest.MonkeyPatch):
+    """Reading another thread's loop can fail while that loop runs on (its task set changes under
+    the read): the report says so for that loop and the worker still exits as a stalled one."""
+    import asyncio
+
+    from monitor.stream import worker
+
+    def changing(loop: object) -> set:
+        raise RuntimeError("Set changed size during iteration")
+
+    monkeypatch.setattr(worker.asyncio, "all_tasks", changing)
+    loop = asyncio.new_event_loop()
+    try:
+        waiting = worker._waiting_tasks(loop, None)
+    finally:
+        loop.close()
+    assert len(waiting) == 1 and "not read: RuntimeError('Set changed size" in waiting[0], waiting
