@@ -142,6 +142,26 @@ def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
     return sorted(waiting)
 
 
+def _fetch_state(consumer: Any) -> dict[str, str]:
+    """How Faust's consumer and the aiokafka consumer under it see each assigned partition: whether
+    Faust lets it through (active), whether aiokafka fetches it (paused, position, highwater,
+    records buffered). What a stalled worker's partitions were waiting on. Never raises."""
+    try:
+        active, flow = consumer._get_active_partitions(), consumer.flow_active
+        client = consumer._thread._consumer
+        subscription, buffered = client._subscription.subscription, set(client._fetcher._records)
+        state: dict[str, str] = {"flow": "active" if flow else "suspended"}
+        for tp in sorted(subscription.assignment.tps if subscription and subscription.assignment else ()):
+            at = subscription.assignment.state_value(tp)
+            state[f"{tp.topic}[{tp.partition}]"] = " ".join(filter(None, (
+                f"{at.position if at.has_valid_position else '?'}/{at.highwater}",
+                "active" if tp in active else "inactive", "paused" if at.paused else "",
+                "awaiting-reset" if at.awaiting_reset else "", "buffered" if tp in buffered else "")))
+        return state
+    except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
+        return {"not read": repr(exc)}
+
+
 async def _let_clients_run() -> None:
     """Yield to the event loop a few times, so that aiokafka's background tasks act now rather
     than after the evaluation that follows: the fetcher, woken by a batch just taken, sends the
@@ -735,7 +755,8 @@ class Worker:
                                     for tp, offset in to.items()})
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
             log.error("stalled: what each task waits at", tasks=_waiting_tasks(
-                asyncio.get_running_loop(), getattr(getattr(consumer, "_thread", None), "thread_loop", None)))
+                asyncio.get_running_loop(), getattr(getattr(consumer, "_thread", None), "thread_loop", None)),
+                partitions=_fetch_state(consumer))
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
                 f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),

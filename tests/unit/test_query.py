@@ -476,3 +476,33 @@ def test_a_stall_report_never_raises(monkeypatch: pytest.MonkeyPatch):
     finally:
         loop.close()
     assert len(waiting) == 1 and "not read: RuntimeError('Set changed size" in waiting[0], waiting
+
+
+def test_a_stalled_worker_says_how_each_partition_is_fetched():
+    """With the tasks, the stall report gives each assigned partition as Faust's consumer and the
+    aiokafka consumer under it see it: a partition paused, or not let through, or with records
+    buffered and not taken, is what a stalled recovery would be waiting on. Read from aiokafka's
+    own subscription state, so a change in its internals shows here, not only at a stall."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+
+    from monitor.stream.worker import _fetch_state
+
+    fills, changelog = TopicPartition("fills", 0), TopicPartition("watches-changelog", 3)
+
+    async def seen() -> dict[str, str]:  # aiokafka's state objects are made in its loop
+        subscription = SubscriptionState()
+        subscription.assign_from_user({fills, changelog})
+        subscription.seek(changelog, 5)
+        subscription.subscription.assignment.state_value(changelog).highwater = 26
+        subscription.pause(fills)
+        client = SimpleNamespace(_subscription=subscription, _fetcher=SimpleNamespace(_records={changelog: []}))
+        return _fetch_state(SimpleNamespace(_get_active_partitions=lambda: {changelog}, flow_active=True,
+                                            _thread=SimpleNamespace(_consumer=client)))
+
+    assert asyncio.run(seen()) == {"flow": "active", "fills[0]": "?/None inactive paused",
+                                   "watches-changelog[3]": "5/26 active buffered"}
+    assert list(_fetch_state(SimpleNamespace())) == ["not read"]
