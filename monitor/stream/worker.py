@@ -263,6 +263,8 @@ class Worker:
         self._recovering = False  # from a rebalance's start to its recovery: no book is judged
         self._rebalances = 0  # rebalances begun: a recovery overtaken by the next one is abandoned
         self._persisted: dict[str, tuple[float | None, Micros]] = {}  # pid -> (peak NAV, clock) as last saved
+        # Books whose events are handed over and not known delivered: their watches wait (`_record`).
+        self._unrecorded: set[str] = set()
         self.checkpoints = app.topic(checkpoint.topic_name(settings), key_serializer="raw", value_serializer="raw")
         # Set by each recovery (start, rebalance, failover): the market is to be rewound to a checkpoint
         # none of the books is behind (`_rewind_market`), and nothing is released until it is.
@@ -365,11 +367,13 @@ class Worker:
         if isinstance(event, Decision):
             async with self._lock:
                 await self._publish(self.engine.on_decision(event))
+                await self._record()
             return None
         if isinstance(event, Policy):
             async with self._lock:
                 await self.tables.save_policy(pid, (value or b"").decode("utf-8"), origin.partition)
                 await self._publish(self.engine.on_policy(event))
+                await self._record()
             return None
         if isinstance(event, Snapshot):
             newest = self.tables.newest_snapshot(pid)
@@ -540,6 +544,7 @@ class Worker:
                     _freeze_heap("inputs read to the end")
                     log.info("caught up", seconds_since_start=round(time.monotonic() - self._started, 3))
             await self._publish(alerts)
+            await self._record()
             metrics.GATE_HELD.set(len(self.gate))
         await self.outbox.settle()
 
@@ -656,6 +661,7 @@ class Worker:
                         alerts = (self.engine.on_instrument(event) if isinstance(event, Instrument)
                                   else self.engine.on_risk_model(event))
                         await self._publish(alerts)
+                        await self._record()
                 except Rejected as rejected:
                     await self.emit.dead_letter(origin, r.value, rejected)
                 except KafkaError:
@@ -713,21 +719,29 @@ class Worker:
     # -- output and state ----------------------------------------------------------------
 
     async def _publish(self, events: list[Event]) -> None:
-        """After the engine acted: emit its events, then save what it changed (the watches of the
-        books that emitted; the book inputs it let go)."""
+        """After the engine acted: hand its events over. Their books' watches are saved by `_record`,
+        once the events are delivered: `_drain` publishes each window's events as the window closes
+        and records them all once at its end, not a broker round trip a window."""
         if not self._first_evaluation and self.engine.status:
             self._first_evaluation = True
             _freeze_heap("first evaluation")
             log.info("first evaluation", seconds_since_start=round(time.monotonic() - self._started, 3))
         await self.emit.events(events)
         if events:
-            await self.outbox.settle()  # the events are on the broker before the watches that record them
-        for pid in sorted({e.portfolio_id for e in events}):
-            await self._save_watch(pid)
+            self._unrecorded.update(e.portfolio_id for e in events)
+            await _let_clients_run()
+
+    async def _record(self) -> None:
+        """Save what the engine changed: the watches of the books that emitted, after their events
+        are on the broker (an event is never lost behind the watch that records it); the book inputs
+        it let go."""
+        if self._unrecorded:
+            await self.outbox.settle()
+            emitted, self._unrecorded = sorted(self._unrecorded), set()
+            for pid in emitted:
+                await self._save_watch(pid)
         for change in self.engine.changes():
             await self.tables.forget(change)
-        if events:
-            await _let_clients_run()
 
     async def _watch_streams(self) -> None:
         """Every second. A book partition the broker holds more of than this worker has read, while
@@ -774,8 +788,10 @@ class Worker:
                             and not self.progress.book_caught_up(consumer, tp)))
 
     async def _save_watch(self, pid: str) -> None:
+        """A book's watch as it stands, unless events it records may still be on their way (the
+        timers save watches without the lock, while a drain waits for its events)."""
         watch = self.engine.watches.get(pid)
-        if watch is not None:
+        if watch is not None and pid not in self._unrecorded:
             self._persisted[pid] = (watch.peak_nav, watch.clock)
             await self.tables.save_watch(pid, watch)
 

@@ -506,3 +506,46 @@ def test_a_stalled_worker_says_how_each_partition_is_fetched():
     assert asyncio.run(seen()) == {"flow": "active", "fills[0]": "?/None inactive paused",
                                    "watches-changelog[3]": "5/26 active buffered"}
     assert list(_fetch_state(SimpleNamespace())) == ["not read"]
+
+
+def test_a_drains_events_go_out_as_each_window_closes_and_their_watches_after_one_wait(tmp_path):
+    """`_drain` publishes each window's events as the window closes and records them once at its
+    end: every event is handed over first, then one wait for all of them, then the watch of each
+    book that emitted (an event is never behind the watch that records it; not a broker round trip
+    a window). A timer saving watches meanwhile leaves those books' watches alone."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from monitor.ops.config import Settings
+    from monitor.stream.worker import Worker
+
+    worker = Worker(Settings(data_dir=str(tmp_path)))
+    done: list[tuple[str, ...]] = []
+
+    async def events(events: list) -> None:
+        done.extend(("event", e.portfolio_id) for e in events)
+
+    async def settle() -> None:
+        done.append(("settle",))
+
+    async def save_watch(pid: str, watch: object) -> None:
+        done.append(("watch", pid))
+
+    worker.emit = SimpleNamespace(events=events)
+    worker.outbox = SimpleNamespace(settle=settle)
+    worker.tables = SimpleNamespace(save_watch=save_watch)
+    worker.engine = SimpleNamespace(status={}, changes=lambda: [],
+                                    watches={pid: SimpleNamespace(peak_nav=1.0, clock=1) for pid in ("B1", "B2", "B3")})
+    worker._first_evaluation = True
+
+    async def drain() -> None:
+        await worker._publish([SimpleNamespace(portfolio_id="B1")])  # a window closes
+        await worker._publish([SimpleNamespace(portfolio_id="B2"), SimpleNamespace(portfolio_id="B1")])  # the next
+        for pid in ("B1", "B3"):  # a timer, while the drain waits
+            await worker._save_watch(pid)
+        await worker._record()
+
+    asyncio.run(drain())
+    assert done == [("event", "B1"), ("event", "B2"), ("event", "B1"), ("watch", "B3"),
+                    ("settle",), ("watch", "B1"), ("watch", "B2")]
+    assert not worker._unrecorded
