@@ -123,6 +123,19 @@ def _freeze_heap(why: str) -> None:
     log.info("heap frozen", why=why, objects=gc.get_freeze_count())
 
 
+def _suspension(awaitable: Any) -> tuple[Any, Any]:
+    """Where a coroutine, generator or async generator is suspended (its frame, None if it is not
+    one of them) and what it waits on there. An `async for` awaits its generator through a wrapper
+    (`async_generator_asend`) that names it only to the garbage collector: the book agent waits on
+    Faust's stream that way."""
+    if type(awaitable).__name__ == "async_generator_asend":
+        awaitable = next((r for r in gc.get_referents(awaitable) if hasattr(r, "ag_frame")), None)
+    for frame, awaits in (("cr_frame", "cr_await"), ("gi_frame", "gi_yieldfrom"), ("ag_frame", "ag_await")):
+        if getattr(awaitable, frame, None) is not None:
+            return getattr(awaitable, frame), getattr(awaitable, awaits)
+    return None, None
+
+
 def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
     """Each task of these loops and where it is suspended: the chain of coroutines it awaits
     through, and the line of the innermost one. What a stalled worker was stuck on. Never raises:
@@ -132,10 +145,10 @@ def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
         try:
             for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
                 chain, where, awaited = [], "?", task.get_coro()
-                while (frame := getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)):
+                while (suspended := _suspension(awaited))[0] is not None:
+                    frame, awaited = suspended
                     chain.append(frame.f_code.co_qualname)
                     where = f"{'/'.join(frame.f_code.co_filename.rsplit('/', 2)[-2:])}:{frame.f_lineno}"
-                    awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
                 waiting.append(f"{task.get_name()} {' > '.join(chain)} at {where}")
         except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
             waiting.append(f"(tasks of {loop!r} not read: {exc!r})")

@@ -441,13 +441,22 @@ def test_a_stalled_worker_names_the_line_each_task_waits_at():
     async def stuck_on(event: asyncio.Event) -> None:
         await waiting_for(event)
 
+    async def ticks(event: asyncio.Event):  # a stream, as Faust's: the agent waits on it through `async for`
+        await event.wait()
+        yield 1
+
+    async def reads(event: asyncio.Event) -> None:
+        async for _ in ticks(event):
+            pass
+
     async def main() -> list[str]:
         event = asyncio.Event()
         task = asyncio.create_task(stuck_on(event), name="book-agent")
+        stream = asyncio.create_task(reads(event), name="stream-reader")
         await asyncio.sleep(0)
         waiting = _waiting_tasks(asyncio.get_running_loop(), None)
         event.set()
-        await task
+        await asyncio.gather(task, stream)
         return waiting
 
     waiting = asyncio.run(main())
@@ -457,6 +466,10 @@ def test_a_stalled_worker_names_the_line_each_task_waits_at():
                                "test_a_stalled_worker_names_the_line_each_task_waits_at.<locals>.waiting_for > "
                                "Event.wait at asyncio/locks.py:"), agent
     assert any(".main at unit/test_query.py:" in w for w in waiting), waiting
+    reader = [w for w in waiting if w.startswith("stream-reader ")]
+    assert len(reader) == 1 and reader[0].startswith(
+        "stream-reader test_a_stalled_worker_names_the_line_each_task_waits_at.<locals>.reads > "
+        "test_a_stalled_worker_names_the_line_each_task_waits_at.<locals>.ticks > Event.wait at asyncio/locks.py:"), reader
 
 
 def test_a_stall_report_never_raises(monkeypatch: pytest.MonkeyPatch):
