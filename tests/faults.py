@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import warnings
 import io
 import math
 import random
@@ -295,6 +296,9 @@ class Supervised:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+        if self.restarted:  # passed, as under a supervisor; said in the test summary, not hidden
+            warnings.warn(f"{self.name}: exited stalled ({EXIT_STALLED}) and was started again {self.restarted} "
+                          f"time(s); the stall report is in {self.log_dir / (self.name + '-0.log')}", stacklevel=2)
 
     def _start(self) -> None:
         from tests.conftest import running_worker

@@ -144,11 +144,13 @@ def state() -> list:
               query("sum by (topic) (rate(monitor_duplicate_inputs_total[$__rate_interval]))", "re-delivered {{topic}}/s"),
               query("sum by (loop) (increase(monitor_loop_failures_total[5m]))", "loop failed: {{loop}}"),
               query("sum(increase(monitor_book_partition_reseeks_total[5m]))", "book partitions sought back (5m)"),
+              query("sum(increase(monitor_recovery_wakeups_total[5m]))", "table recoveries woken (5m)"),
               query("sum(increase(monitor_book_gap_records_total[5m]))", "book messages read past a gap (5m)"),
               query("sum by (library) (rate(monitor_client_log_errors_total[$__rate_interval]))",
                     "{{library}} errors/s"),
               description="Sought back: a book partition the broker held more of while nothing came for 5 s "
                           "(a message the framework skipped at a rebalance), read again from the worker's own offset. "
+                          "Recoveries woken: Faust's table recovery read everything and missed its own end signal. "
                           "Read past a gap: messages the framework's offsets jumped over, read by the worker itself."),
         graph("Reconciliation breaks", "short",
               query("sum(increase(monitor_reconciliation_breaks_total[1h]))", "breaks (1h)"), width=24,

@@ -65,6 +65,8 @@ for _topic in ("prices", "fills", "positions"):  # the same for late inputs (`Wo
 DUPLICATES = Counter("monitor_duplicate_inputs", "Book inputs read again and not applied (re-deliveries)", ["topic"])
 BOOK_RESEEKS = Counter("monitor_book_partition_reseeks", "Book partitions sought back to the offset after the "
                        "last message read, because the broker held more and nothing was delivered for 5 s")
+RECOVERY_WAKEUPS = Counter("monitor_recovery_wakeups", "Faust's changelog recovery read every changelog to its "
+                           "end and ended, but missed the signal its own waiter needed: the worker woke it")
 BOOK_GAP_RECORDS = Counter("monitor_book_gap_records", "Book messages the framework did not deliver (its offsets "
                            "jumped) that the worker read from the broker itself, before the message after them")
 RECOVERIES = Counter("monitor_table_recoveries", "Times this worker rebuilt its books from the tables "

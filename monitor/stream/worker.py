@@ -69,6 +69,7 @@ BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
 RESEEK_AFTER_S = 5.0  # book partitions behind and nothing delivered this long: sought back (`_watch_streams`)
+WAKE_RECOVERY_AFTER_S = 2.0  # Faust's recovery ended but not past its wait this long: woken (`_wake_recovery`)
 # The broker is asked where the partitions end at most this often (`Tail`): what was read in between
 # waits up to this long more; a question not answered in CONFIRM_TIMEOUT_S (an outage) is given up.
 CONFIRM_EVERY_S = 0.005
@@ -172,6 +173,16 @@ def _fetch_state(consumer: Any) -> dict[str, str]:
                 "awaiting-reset" if at.awaiting_reset else "", "buffered" if tp in buffered else "")))
         return state
     except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
+        return {"not read": repr(exc)}
+
+
+def _recovery_state(recovery: Any) -> dict[str, Any]:
+    """Where Faust's changelog recovery stands: in recovery, what it still has to read, whether its
+    end is signalled. Never raises."""
+    try:
+        return {"in_recovery": recovery.in_recovery, "end_signalled": recovery.signal_recovery_end.is_set(),
+                "remaining": {f"{tp.topic}[{tp.partition}]": n for tp, n in recovery.active_remaining().items() if n}}
+    except Exception as exc:  # noqa: BLE001 - a diagnostic
         return {"not read": repr(exc)}
 
 
@@ -309,6 +320,7 @@ class Worker:
         self._book_events = self._book_events_seen = 0  # book messages read (for `_watch_streams`)
         self._book_quiet_since = time.monotonic()
         self._resought = False  # the quiet book partitions were sought back (`_watch_streams`)
+        self._recovery_ended_since: float | None = None  # Faust's recovery seen ended, no callback yet
 
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
@@ -765,6 +777,7 @@ class Worker:
         supervisor's restart. Every 10 s that events wait in the gate and none is released, the log
         says what holds them."""
         now = time.monotonic()
+        self._wake_recovery(now)
         consumer = self.app.consumer
         behind = [tp for tp in consumer.assignment() if self.settings.logical(tp.topic) in BOOK_TOPICS
                   and not self.progress.book_caught_up(consumer, tp)] if self.progress.recovered else []
@@ -783,7 +796,7 @@ class Worker:
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
             log.error("stalled: what each task waits at", tasks=_waiting_tasks(
                 asyncio.get_running_loop(), getattr(getattr(consumer, "_thread", None), "thread_loop", None)),
-                partitions=_fetch_state(consumer))
+                partitions=_fetch_state(consumer), recovery=_recovery_state(self.app.tables.recovery))
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
                 f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),
@@ -799,6 +812,30 @@ class Worker:
                             f"{tp.topic}[{tp.partition}]" for tp in consumer.assignment()
                             if self.settings.logical(tp.topic) in BOOK_TOPICS
                             and not self.progress.book_caught_up(consumer, tp)))
+
+    def _wake_recovery(self, now: float) -> None:
+        """Faust's changelog recovery can miss its own end. `_slurp_changelogs` sets the event
+        `signal_recovery_end` when every changelog is read to its highwater, and clears it again at
+        its next turn; if `_restart_recovery` was not yet waiting on it, it waits for good (exit 75
+        after MONITOR_STALL_EXIT_S). The stall seen in about 1 of 30 two-worker failovers fits: every
+        changelog read to its highwater, `_restart_recovery` waiting on that event. Once Faust has said
+        it has ended (every changelog read, its buffers applied) while a waiter of that event has
+        waited WAKE_RECOVERY_AFTER_S, the event is set and cleared at once: that wakes the waiter, and
+        leaves nothing set for the next recovery to find."""
+        recovery = self.app.tables.recovery
+        waiting = bool(recovery.signal_recovery_end._waiters)  # asyncio.Event's: no public way to ask
+        if not (self._recovering and waiting) or recovery.in_recovery or recovery.need_recovery():
+            self._recovery_ended_since = None
+            return
+        if self._recovery_ended_since is None:
+            self._recovery_ended_since = now
+        elif now - self._recovery_ended_since >= WAKE_RECOVERY_AFTER_S:
+            self._recovery_ended_since = None
+            metrics.RECOVERY_WAKEUPS.inc()
+            log.warning("Faust's recovery read its changelogs and did not go on: woken",
+                        recovery=_recovery_state(recovery))
+            recovery.signal_recovery_end.set()
+            recovery.signal_recovery_end.clear()
 
     async def _save_watch(self, pid: str) -> None:
         """A book's watch as it stands, unless events it records may still be on their way (the

@@ -562,3 +562,56 @@ def test_a_drains_events_go_out_as_each_window_closes_and_their_watches_after_on
     assert done == [("event", "B1"), ("event", "B2"), ("event", "B1"), ("watch", "B3"),
                     ("settle",), ("watch", "B1"), ("watch", "B2")]
     assert not worker._unrecorded
+
+
+def test_a_recovery_that_read_every_changelog_but_missed_its_end_is_woken(tmp_path):
+    """Faust's `_slurp_changelogs` can set and clear `signal_recovery_end` before
+    `_restart_recovery` waits on it: the recovery has read everything and waits for good. Once
+    Faust says it has ended while a waiter has waited WAKE_RECOVERY_AFTER_S, the worker pulses
+    the event: the waiter goes on, the event is left clear, and the metric counts it. Not while
+    anything is left to read, nor with no waiter, nor outside a rebalance's recovery."""
+    import asyncio
+
+    from faust.types import TP
+
+    from monitor.ops import metrics
+    from monitor.ops.config import Settings
+    from monitor.stream.worker import WAKE_RECOVERY_AFTER_S, Worker
+
+    worker = Worker(Settings(data_dir=str(tmp_path)))
+    recovery = worker.app.tables.recovery
+    changelog = TP("watches-changelog", 0)
+
+    async def scenario() -> list[bool]:
+        woken: list[bool] = []
+        waiter = asyncio.ensure_future(recovery.signal_recovery_end.wait())
+        await asyncio.sleep(0)
+        before = metrics.RECOVERY_WAKEUPS._value.get()
+        worker._recovering, recovery.in_recovery = True, False
+        recovery.active_highwaters[changelog], recovery.active_offsets[changelog] = 5, 3  # 2 left to read
+        for t in (0.0, WAKE_RECOVERY_AFTER_S + 1):
+            worker._wake_recovery(100.0 + t)
+        await asyncio.sleep(0)
+        woken.append(waiter.done())
+        recovery.active_offsets[changelog] = 5  # read to the end, and Faust's recovery has ended
+        worker._recovering = False  # not recovering: not this worker's business
+        for t in (10.0, 10.0 + WAKE_RECOVERY_AFTER_S + 1):
+            worker._wake_recovery(100.0 + t)
+        await asyncio.sleep(0)
+        woken.append(waiter.done())
+        worker._recovering = True
+        worker._wake_recovery(120.0)
+        worker._wake_recovery(120.0 + WAKE_RECOVERY_AFTER_S / 2)  # not long enough yet
+        await asyncio.sleep(0)
+        woken.append(waiter.done())
+        worker._wake_recovery(120.0 + WAKE_RECOVERY_AFTER_S)
+        await asyncio.sleep(0)
+        woken.append(waiter.done())
+        woken.append(recovery.signal_recovery_end.is_set())
+        woken.append(metrics.RECOVERY_WAKEUPS._value.get() - before == 1)
+        worker._wake_recovery(130.0)  # no waiter any more: nothing to wake
+        worker._wake_recovery(130.0 + WAKE_RECOVERY_AFTER_S + 1)
+        woken.append(metrics.RECOVERY_WAKEUPS._value.get() - before == 1)
+        return woken
+
+    assert asyncio.run(scenario()) == [False, False, False, True, False, True, True]
