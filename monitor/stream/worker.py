@@ -51,6 +51,7 @@ from monitor.stream.codec import decode_event, decode_price
 from monitor.stream.commits import GapReader, use_safe_commits
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import BATCH_BYTES, Outbox
+from monitor.stream.stall import fetch_state, recovery_state, waiting_tasks
 from monitor.stream.tables import MAX_RECORD_BYTES, BookTables, Origin, StagedBookEvent, inputs_topic, read_inputs
 from monitor.stream.watermark import AHEAD, Gate, MarketMark, Progress, Tail, start_offsets
 
@@ -122,68 +123,6 @@ def _freeze_heap(why: str) -> None:
     gc.collect()
     gc.freeze()
     log.info("heap frozen", why=why, objects=gc.get_freeze_count())
-
-
-def _suspension(awaitable: Any) -> tuple[Any, Any]:
-    """Where a coroutine, generator or async generator is suspended (its frame, None if it is not
-    one of them) and what it waits on there. An `async for` awaits its generator through a wrapper
-    (`async_generator_asend`) that names it only to the garbage collector: the book agent waits on
-    Faust's stream that way."""
-    if type(awaitable).__name__ == "async_generator_asend":
-        awaitable = next((r for r in gc.get_referents(awaitable) if hasattr(r, "ag_frame")), None)
-    for frame, awaits in (("cr_frame", "cr_await"), ("gi_frame", "gi_yieldfrom"), ("ag_frame", "ag_await")):
-        if getattr(awaitable, frame, None) is not None:
-            return getattr(awaitable, frame), getattr(awaitable, awaits)
-    return None, None
-
-
-def _waiting_tasks(*loops: asyncio.AbstractEventLoop | None) -> list[str]:
-    """Each task of these loops and where it is suspended: the chain of coroutines it awaits
-    through, and the line of the innermost one. What a stalled worker was stuck on. Never raises:
-    another thread's loop runs on while it is read, and the exit that follows must happen."""
-    waiting = []
-    for loop in loops:
-        try:
-            for task in list(asyncio.all_tasks(loop)) if loop is not None else []:
-                chain, where, awaited = [], "?", task.get_coro()
-                while (suspended := _suspension(awaited))[0] is not None:
-                    frame, awaited = suspended
-                    chain.append(frame.f_code.co_qualname)
-                    where = f"{'/'.join(frame.f_code.co_filename.rsplit('/', 2)[-2:])}:{frame.f_lineno}"
-                waiting.append(f"{task.get_name()} {' > '.join(chain)} at {where}")
-        except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
-            waiting.append(f"(tasks of {loop!r} not read: {exc!r})")
-    return sorted(waiting)
-
-
-def _fetch_state(consumer: Any) -> dict[str, str]:
-    """How Faust's consumer and the aiokafka consumer under it see each assigned partition: whether
-    Faust lets it through (active), whether aiokafka fetches it (paused, position, highwater,
-    records buffered). What a stalled worker's partitions were waiting on. Never raises."""
-    try:
-        active, flow = consumer._get_active_partitions(), consumer.flow_active
-        client = consumer._thread._consumer
-        subscription, buffered = client._subscription.subscription, set(client._fetcher._records)
-        state: dict[str, str] = {"flow": "active" if flow else "suspended"}
-        for tp in sorted(subscription.assignment.tps if subscription and subscription.assignment else ()):
-            at = subscription.assignment.state_value(tp)
-            state[f"{tp.topic}[{tp.partition}]"] = " ".join(filter(None, (
-                f"{at.position if at.has_valid_position else '?'}/{at.highwater}",
-                "active" if tp in active else "inactive", "paused" if at.paused else "",
-                "awaiting-reset" if at.awaiting_reset else "", "buffered" if tp in buffered else "")))
-        return state
-    except Exception as exc:  # noqa: BLE001 - a diagnostic; the caller exits next
-        return {"not read": repr(exc)}
-
-
-def _recovery_state(recovery: Any) -> dict[str, Any]:
-    """Where Faust's changelog recovery stands: in recovery, what it still has to read, whether its
-    end is signalled. Never raises."""
-    try:
-        return {"in_recovery": recovery.in_recovery, "end_signalled": recovery.signal_recovery_end.is_set(),
-                "remaining": {f"{tp.topic}[{tp.partition}]": n for tp, n in recovery.active_remaining().items() if n}}
-    except Exception as exc:  # noqa: BLE001 - a diagnostic
-        return {"not read": repr(exc)}
 
 
 async def _let_clients_run() -> None:
@@ -320,7 +259,7 @@ class Worker:
         self._book_events = self._book_events_seen = 0  # book messages read (for `_watch_streams`)
         self._book_quiet_since = time.monotonic()
         self._resought = False  # the quiet book partitions were sought back (`_watch_streams`)
-        self._recovery_ended_since: float | None = None  # Faust's recovery seen ended, no callback yet
+        self._recovery_ended_since: float | None = None  # Faust's recovery seen ended, yet waiting (`_wake_recovery`)
 
         app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
         app.task(_loud("market-data", self._market_data))
@@ -794,9 +733,9 @@ class Worker:
                         partitions={f"{tp.topic}[{tp.partition}]": (offset, consumer.highwater(tp))
                                     for tp, offset in to.items()})
         elif now - self._book_quiet_since >= self.settings.stall_exit_s:
-            log.error("stalled: what each task waits at", tasks=_waiting_tasks(
+            log.error("stalled: what each task waits at", tasks=waiting_tasks(
                 asyncio.get_running_loop(), getattr(getattr(consumer, "_thread", None), "thread_loop", None)),
-                partitions=_fetch_state(consumer), recovery=_recovery_state(self.app.tables.recovery))
+                partitions=fetch_state(consumer), recovery=recovery_state(self.app.tables.recovery))
             _fatal("book-events", RuntimeError(
                 f"no book event delivered for {now - self._book_quiet_since:.0f} s while the broker holds "
                 f"unread ones" + (" (a rebalance's recovery under way)" if self._recovering else "")),
@@ -833,7 +772,7 @@ class Worker:
             self._recovery_ended_since = None
             metrics.RECOVERY_WAKEUPS.inc()
             log.warning("Faust's recovery read its changelogs and did not go on: woken",
-                        recovery=_recovery_state(recovery))
+                        recovery=recovery_state(recovery))
             recovery.signal_recovery_end.set()
             recovery.signal_recovery_end.clear()
 

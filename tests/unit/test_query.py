@@ -433,7 +433,7 @@ def test_a_stalled_worker_names_the_line_each_task_waits_at():
     service task sits)."""
     import asyncio
 
-    from monitor.stream.worker import _waiting_tasks
+    from monitor.stream.stall import waiting_tasks
 
     async def waiting_for(event: asyncio.Event) -> None:
         await event.wait()
@@ -454,7 +454,7 @@ def test_a_stalled_worker_names_the_line_each_task_waits_at():
         task = asyncio.create_task(stuck_on(event), name="book-agent")
         stream = asyncio.create_task(reads(event), name="stream-reader")
         await asyncio.sleep(0)
-        waiting = _waiting_tasks(asyncio.get_running_loop(), None)
+        waiting = waiting_tasks(asyncio.get_running_loop(), None)
         event.set()
         await asyncio.gather(task, stream)
         return waiting
@@ -477,15 +477,15 @@ def test_a_stall_report_never_raises(monkeypatch: pytest.MonkeyPatch):
     the read): the report says so for that loop and the worker still exits as a stalled one."""
     import asyncio
 
-    from monitor.stream import worker
+    from monitor.stream import stall
 
     def changing(loop: object) -> set:
         raise RuntimeError("Set changed size during iteration")
 
-    monkeypatch.setattr(worker.asyncio, "all_tasks", changing)
+    monkeypatch.setattr(stall.asyncio, "all_tasks", changing)
     loop = asyncio.new_event_loop()
     try:
-        waiting = worker._waiting_tasks(loop, None)
+        waiting = stall.waiting_tasks(loop, None)
     finally:
         loop.close()
     assert len(waiting) == 1 and "not read: RuntimeError('Set changed size" in waiting[0], waiting
@@ -502,7 +502,7 @@ def test_a_stalled_worker_says_how_each_partition_is_fetched():
     from aiokafka.consumer.subscription_state import SubscriptionState
     from aiokafka.structs import TopicPartition
 
-    from monitor.stream.worker import _fetch_state
+    from monitor.stream.stall import fetch_state
 
     fills, changelog = TopicPartition("fills", 0), TopicPartition("watches-changelog", 3)
 
@@ -513,12 +513,12 @@ def test_a_stalled_worker_says_how_each_partition_is_fetched():
         subscription.subscription.assignment.state_value(changelog).highwater = 26
         subscription.pause(fills)
         client = SimpleNamespace(_subscription=subscription, _fetcher=SimpleNamespace(_records={changelog: []}))
-        return _fetch_state(SimpleNamespace(_get_active_partitions=lambda: {changelog}, flow_active=True,
+        return fetch_state(SimpleNamespace(_get_active_partitions=lambda: {changelog}, flow_active=True,
                                             _thread=SimpleNamespace(_consumer=client)))
 
     assert asyncio.run(seen()) == {"flow": "active", "fills[0]": "?/None inactive paused",
                                    "watches-changelog[3]": "5/26 active buffered"}
-    assert list(_fetch_state(SimpleNamespace())) == ["not read"]
+    assert list(fetch_state(SimpleNamespace())) == ["not read"]
 
 
 def test_a_drains_events_go_out_as_each_window_closes_and_their_watches_after_one_wait(tmp_path):
