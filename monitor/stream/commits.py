@@ -9,7 +9,8 @@ At a revoke it has also forgotten the partitions' committed offsets, so its next
 run of skipped offsets for done (`Consumer._new_offset` checks a gap before the first acknowledged
 offset only against a committed offset it knows): the offset committed jumps past messages no
 agent handled, and the book partition's next owner never reads them. Here an acknowledgement
-counts only for a message a stream handed to an agent (Faust marks it `tracked` then): a skipped
+counts only for a message handed over (`tracked`: marked by a Faust stream when it hands a message
+to an agent, by `delivery.BookBatches` when the book loop takes it): a skipped
 message leaves a gap the commit stops at, and after the rebalance the consumer reads it again
 from the committed offset.
 
@@ -18,7 +19,7 @@ than the last one it delivered of the partition, and that mark can move past mes
 handed over (a seek at a rebalance, with a fetch of before it still being delivered). The
 two-worker fault test on 8 partitions once found a few fills of each of a killed worker's
 partitions missing from the book-inputs changelog, with the consumer group's offsets past them.
-Whatever the path, the book agent now checks that each message follows the last one read, and
+Whatever the path, the book loop now checks that each message follows the last one read, and
 reads any left out with `GapReader` before it (worker.py).
 """
 
@@ -58,7 +59,7 @@ class GapReader:
     """Book messages read by offset with a plain consumer: those a Faust stream's offsets jumped over.
 
     Faust delivers a partition's messages in order, but around a rebalance it can leave some out
-    (skipped, or dropped as already read after a seek). The book agent notices when a message comes
+    (skipped, or dropped as already read after a seek). The book loop notices when a message comes
     after one that is not its predecessor, and reads what lies between from the broker itself; nothing
     there (the range held only transaction markers) is nothing to read."""
 

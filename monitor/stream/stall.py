@@ -13,8 +13,8 @@ from typing import Any
 def _suspension(awaitable: Any) -> tuple[Any, Any]:
     """Where a coroutine, generator or async generator is suspended (its frame, None if it is not
     one of them) and what it waits on there. An `async for` awaits its generator through a wrapper
-    (`async_generator_asend`) that names it only to the garbage collector: the book agent waits on
-    Faust's stream that way."""
+    (`async_generator_asend`) that names it only to the garbage collector: a task iterating
+    Faust's stream waits that way."""
     if type(awaitable).__name__ == "async_generator_asend":
         awaitable = next((r for r in gc.get_referents(awaitable) if hasattr(r, "ag_frame")), None)
     for frame, awaits in (("cr_frame", "cr_await"), ("gi_frame", "gi_yieldfrom"), ("ag_frame", "ag_await")):

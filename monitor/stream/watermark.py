@@ -1,6 +1,6 @@
 """The event-time gate between the worker's two consumers, and the progress that moves it.
 
-Book events (a Faust agent) and prices (a broadcast consumer) arrive on separate
+Book events (Faust's consumer) and prices (a broadcast consumer) arrive on separate
 consumers, each in event-time order per partition but in no order with respect to
 each other, nor across partitions. The engine evaluates per window of event time, so
 it needs every event of a window before the window closes. The gate holds what both

@@ -3,8 +3,8 @@
 Two consumers, as the README lays out:
 
 * Book events (positions, fills, policies, approvals) are low-rate and must never be lost or
-  double-counted: a Faust agent consumes them (keyed by portfolio_id, so Faust spreads books
-  across workers). Each is recorded in a changelog-backed table before its offset can be
+  double-counted: Faust's consumer fetches them (keyed by portfolio_id, so Faust spreads books
+  across workers) and hands them to the book loop a fetch at a time (delivery.py). Each is recorded in a changelog-backed table before its offset can be
   committed (tables.py), and a restarted or rebalanced worker rebuilds its books from them.
 * Market data (instruments, risk models, prices) is a broadcast: every worker reads every
   partition with a plain aiokafka consumer in batches; nothing of it needs to be durable.
@@ -48,7 +48,8 @@ from monitor.ops.config import Settings
 from monitor.stream import checkpoint
 from monitor.stream.api import QueryServer
 from monitor.stream.codec import decode_event, decode_price
-from monitor.stream.commits import GapReader, use_safe_commits
+from monitor.stream.commits import GapReader
+from monitor.stream.delivery import deliver_in_batches
 from monitor.stream.emit import Emitter, now_us
 from monitor.stream.outbox import BATCH_BYTES, Outbox
 from monitor.stream.stall import fetch_state, recovery_state, waiting_tasks
@@ -59,14 +60,14 @@ log = structlog.get_logger("monitor.worker")
 
 BOOK_TOPICS = ("positions", "fills", "policies", "approvals")
 MARKET_TOPICS = ("instruments", "risk-models", "prices")
-# Records per getmany. Smaller batches hand the loop back to aiokafka's fetcher and the book agent
+# Records per getmany. Smaller batches hand the loop back to aiokafka's fetcher and the book loop
 # sooner (BENCHMARKS.md: 1,000 against 5,000).
 MARKET_BATCH = 1_000
 MAX_HELD = 200_000  # stop reading prices while this many events wait in the gate
-# Book messages handled per drain of the gate, and how long a batch waits to fill: the latency a
-# quiet book stream adds. One drain per message cost more than the message (BENCHMARKS.md).
+# At most this many book messages handled per drain of the gate (more when one fetch holds more): a
+# batch is what was fetched while the last one was handled (one drain per message cost more than
+# the message: BENCHMARKS.md).
 BOOK_BATCH = 500
-BOOK_BATCH_WAIT = 0.002
 EXIT_FATAL = 70  # EX_SOFTWARE: a loop of the worker failed; restart it
 EXIT_STALLED = 75  # EX_TEMPFAIL: the book stream stopped delivering; restart it
 RESEEK_AFTER_S = 5.0  # book partitions behind and nothing delivered this long: sought back (`_watch_streams`)
@@ -205,10 +206,13 @@ class Worker:
             consumer_group_instance_id=settings.instance_id,
             **settings.kafka_security.faust_options(),
         )
-        use_safe_commits(app)  # no offset committed past a message skipped in a rebalance (commits.py)
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
+        app.topics.add(self.book_events)  # subscribed; read by `_book_loop`, not by a Faust agent
+        # Book messages a fetch at a time, and no offset committed past a message skipped in a
+        # rebalance (delivery.py, commits.py).
+        self.book_batches = deliver_in_batches(app, set(self.book_events.topics))
         # Every record written: handed over at once, delivery awaited by `settle` (outbox.py). Its
         # batches go to Faust's aiokafka producer, which Faust does not expose otherwise.
         self.outbox = Outbox(lambda: app.producer._ensure_producer())
@@ -261,7 +265,7 @@ class Worker:
         self._resought = False  # the quiet book partitions were sought back (`_watch_streams`)
         self._recovery_ended_since: float | None = None  # Faust's recovery seen ended, yet waiting (`_wake_recovery`)
 
-        app.agent(self.book_events, name="book-events")(_loud("book-events", self._book_agent))
+        app.task(_loud("book-events", self._book_loop))
         app.task(_loud("market-data", self._market_data))
         app.timer(1.0)(_loud("book-metrics", self._publish_book_metrics))
         app.timer(settings.checkpoint_s)(_loud("price-checkpoint", self._checkpoint_prices))
@@ -270,15 +274,18 @@ class Worker:
 
     # -- book events -------------------------------------------------------------------
 
-    async def _book_agent(self, stream: Any) -> None:
-        """Book messages in batches: each recorded as it comes, then what the gate can release applied
-        once per batch. Faust acknowledges a batch (its offsets can be committed) after this returns."""
+    async def _book_loop(self) -> None:
+        """Book messages in batches (what was fetched since the last batch, delivery.py): each
+        recorded as it comes, then what the gate can release applied once per batch; the batch is
+        acknowledged (its offsets can be committed) once its records are on the broker."""
         try:
-            async for events in stream.take_events(BOOK_BATCH, within=BOOK_BATCH_WAIT):
-                for event in events:
-                    await self.on_book_message(event.message)
+            while True:
+                batch = await self.book_batches.take(BOOK_BATCH)
+                for message in batch:
+                    await self.on_book_message(message)
                 await self._drain()
-                await self.outbox.settle()  # the batch's records are on the broker before its offsets are committed
+                await self.outbox.settle()
+                self.book_batches.done(batch)
         finally:
             await self._gaps.close()
 
