@@ -28,8 +28,8 @@ from faust.types import Message
 
 from monitor.stream.commits import Consumer as SafeAckConsumer
 
-# Book fetches waiting for the book loop at most (a fetch holds up to aiokafka's max_poll_records,
-# 500 by Faust's default): about the 4,096 messages a Faust stream buffers.
+# Book fetches waiting for the book loop at most (the worker caps a fetch at 500 messages with
+# Faust's `broker_max_poll_records`): about the 4,096 messages a Faust stream buffers.
 QUEUED_FETCHES = 8
 
 

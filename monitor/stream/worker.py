@@ -191,6 +191,9 @@ class Worker:
             topic_replication_factor=settings.replication_factor,
             datadir=settings.data_dir,
             consumer_auto_offset_reset="earliest",
+            # A fetch handed to the book loop holds at most a batch (delivery.py): without a cap a
+            # fetch takes all aiokafka has buffered, thousands of messages a partition in a catch-up.
+            broker_max_poll_records=BOOK_BATCH,
             producer_max_request_size=MAX_RECORD_BYTES,
             # The outbox hands a batch's records over at once: a 2 ms linger lets a produce request
             # carry many of them (the sender's requests were ~10% of a fill burst's profile), at up to
