@@ -94,7 +94,15 @@ def test_aiokafka_roundtrip(local_kafka: LocalKafka) -> None:
         await admin.start()
         try:
             await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+            # The broker answers CreateTopics before its metadata cache has the topic (KRaft applies
+            # the record asynchronously): asked at once, the list was once empty. Asked until it has
+            # it, for 10 s at most.
             topics = await admin.list_topics()
+            for _ in range(100):
+                if topic in topics:
+                    break
+                await asyncio.sleep(0.1)
+                topics = await admin.list_topics()
         finally:
             await admin.close()
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
