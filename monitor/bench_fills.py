@@ -235,10 +235,9 @@ async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: floa
     rng = random.Random(day.seed + 1)
     ids = day.instrument_ids
     books = day.fill_books()
-    prices = _Slices(producer, settings.topic("prices"))
-    fills = _Slices(producer, settings.topic("fills"))
-    await prices.start()
-    await fills.start()
+    prices_topic, fills_topic = settings.topic("prices"), settings.topic("fills")
+    prices = _Slices(producer, prices_topic, await producer.partitions_for(prices_topic))
+    fills = _Slices(producer, fills_topic, await producer.partitions_for(fills_topic))
     began = time.perf_counter()
     sent_fills = sent_prices = 0
     try:
@@ -268,20 +267,16 @@ async def _feed(settings: Settings, day: Day, price_rate: float, fill_rate: floa
 class _Slices:
     """One topic's records of a slice, a batch a partition, sent together (in the order added)."""
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: set[int]) -> None:
         self.producer, self.topic = producer, topic
-        self.partition_of: Callable[[bytes], int] = lambda key: 0
+        self.partitions = sorted(partitions)
+        self.partitioner = DefaultPartitioner()
         self.open: dict[int, Any] = {}
         self.sent: list[asyncio.Future[Any]] = []
 
-    async def start(self) -> None:
-        partitions = sorted(await self.producer.partitions_for(self.topic))
-        partitioner = DefaultPartitioner()
-        self.partition_of = lambda key: partitioner(key, partitions, partitions)
-
     def add(self, key: str, value: bytes) -> None:
         k = key.encode()
-        p = self.partition_of(k)
+        p = self.partitioner(k, self.partitions, self.partitions)
         batch = self.open.get(p)
         if batch is None:
             batch = self.open[p] = self.producer.create_batch()

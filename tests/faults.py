@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import warnings
 import io
 import math
 import random
 import time
 import urllib.request
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path

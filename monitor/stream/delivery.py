@@ -125,10 +125,11 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
 
 
-def deliver_in_batches(app: faust.App, topics: set[str]) -> BookBatches:
-    """Make `app` consume through `Consumer`, with `topics`' messages handed over in batches (and
-    subscribed to: no Faust agent iterates them). Before anything has used `app`'s transport."""
+def deliver_in_batches(app: faust.App, topic: faust.TopicT) -> BookBatches:
+    """Make `app` consume through `Consumer`, with `topic`'s messages handed over in batches (and
+    subscribed to here: no Faust agent iterates them). Before anything has used `app`'s transport."""
     app.transport = Transport(app.conf.broker_consumer, app)
-    batches = BookBatches(app, topics)
+    app.topics.add(topic)
+    batches = BookBatches(app, set(topic.topics))
     app.consumer.book_batches = batches
     return batches

@@ -4,8 +4,9 @@ Two consumers, as the README lays out:
 
 * Book events (positions, fills, policies, approvals) are low-rate and must never be lost or
   double-counted: Faust's consumer fetches them (keyed by portfolio_id, so Faust spreads books
-  across workers) and hands them to the book loop a fetch at a time (delivery.py). Each is recorded in a changelog-backed table before its offset can be
-  committed (tables.py), and a restarted or rebalanced worker rebuilds its books from them.
+  across workers) and hands them to the book loop a fetch at a time (delivery.py). Each is
+  recorded in a changelog-backed table before its offset can be committed (tables.py), and a
+  restarted or rebalanced worker rebuilds its books from them.
 * Market data (instruments, risk models, prices) is a broadcast: every worker reads every
   partition with a plain aiokafka consumer in batches; nothing of it needs to be durable.
 
@@ -212,10 +213,9 @@ class Worker:
         self.app = app
         self.book_events = app.topic(*(settings.topic(t) for t in BOOK_TOPICS),
                                      key_serializer="raw", value_serializer="raw")
-        app.topics.add(self.book_events)  # subscribed; read by `_book_loop`, not by a Faust agent
-        # Book messages a fetch at a time, and no offset committed past a message skipped in a
-        # rebalance (delivery.py, commits.py).
-        self.book_batches = deliver_in_batches(app, set(self.book_events.topics))
+        # Subscribed and read by `_book_loop` a fetch at a time, with no offset committed past a
+        # message skipped in a rebalance (delivery.py, commits.py).
+        self.book_batches = deliver_in_batches(app, self.book_events)
         # Every record written: handed over at once, delivery awaited by `settle` (outbox.py). Its
         # batches go to Faust's aiokafka producer, which Faust does not expose otherwise.
         self.outbox = Outbox(lambda: app.producer._ensure_producer())

@@ -19,7 +19,7 @@ FILLS = TP("fills", 0)
 
 def _app() -> tuple[faust.App, BookBatches]:
     app = faust.App("delivery-test", broker="kafka://127.0.0.1:9")
-    batches = deliver_in_batches(app, {FILLS.topic})
+    batches = deliver_in_batches(app, app.topic(FILLS.topic))
     app.topics._acking_topics.add(FILLS.topic)  # as the conductor marks a subscribed topic with acks
     app.flow_control.resume()
     return app, batches
